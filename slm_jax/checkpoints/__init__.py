@@ -1,0 +1,1 @@
+"""Checkpoint I/O: importers from Hugging Face safetensors and the orbax train-state manager."""

@@ -1,0 +1,94 @@
+"""Building blocks shared by the model families: logically-partitioned dense/norm layers and
+plain dot-product attention. Every parameter names its logical axes (see partitioning.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+Dtype = Any
+Array = jax.Array
+
+
+def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = False,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          kernel_init: Callable = nn.initializers.lecun_normal(), name: str | None = None) -> nn.Dense:
+    """nn.Dense whose kernel (in, out) and bias (out,) carry logical axis names `axes`."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(kernel_init, tuple(axes)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)),
+        name=name)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last ("embed"-like) axis, with optional bias; computes in float32."""
+    epsilon: float = 1e-5
+    use_bias: bool = True
+    axis_name: str = "embed"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return nn.LayerNorm(
+            epsilon=self.epsilon, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+            name="norm")(x.astype(jnp.float32)).astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """T5 LayerNorm: scale-only root-mean-square normalisation, float32 statistics."""
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def attention_mask(q_mask: Array, kv_mask: Array) -> Array:
+    """[B, Lq], [B, Lk] validity masks -> [B, 1, Lq, Lk] boolean attention mask."""
+    return jnp.logical_and(q_mask[:, None, :, None].astype(bool), kv_mask[:, None, None, :].astype(bool))
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, L, L] lower-triangular boolean mask."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Array | None = None,
+                          mask: Array | None = None, scale: float | None = None,
+                          dtype: Dtype = jnp.float32) -> Array:
+    """Softmax attention. q [B,Lq,H,D], k/v [B,Lk,H,D]; bias broadcastable to [B,H,Lq,Lk];
+    mask boolean broadcastable to [B,H,Lq,Lk] (True = attend). Softmax in float32.
+    Rows with no valid key produce zeros instead of NaN."""
+    if scale is not None:
+        q = q * jnp.asarray(scale, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        weights = jnp.where(mask, weights, 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Whisper-style sinusoidal position table [length, channels] (sin half, then cos half)."""
+    log_inc = np.log(max_timescale) / (channels // 2 - 1)
+    inv = np.exp(-log_inc * np.arange(channels // 2))
+    t = np.arange(length)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
