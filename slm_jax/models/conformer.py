@@ -1,0 +1,299 @@
+"""Conformer speech encoder: USM-style (the paper's speech encoder) and w2v-BERT 2.0 layout.
+
+    features [B, T, C] -> front end -> N x Conformer block -> hidden [B, T', H], mask [B, T']
+
+Front ends (`subsampling`):
+- "conv2d" (USM): two 3x3 stride-2 Conv2D + ReLU over (time, feature), zero padding 1 on every
+  side, then a linear projection to `hidden_size`: T' = ceil(ceil(T / 2) / 2), a 4x reduction.
+- "none" (w2v-BERT 2.0): LayerNorm(input_dim) + Linear(input_dim -> hidden_size), T' = T.
+
+Conformer block (the layout of transformers' Wav2Vec2BertEncoderLayer, so w2v-BERT 2.0
+checkpoints import exactly; see checkpoints/hf_w2v_bert.py):
+
+    x = x + 0.5 * FFN1(LN(x))                       macaron feed-forward, swish
+    x = x + MHSA(LN(x))                             masked; optional Shaw relative-key term
+    x = x + ConvModule(x)                           LN -> GLU pointwise -> causal depthwise conv
+                                                    -> LN -> swish -> pointwise
+    x = LN(x + 0.5 * FFN2(LN(x)))                   final LayerNorm per block
+
+Padding. Masks are [B, T] with 1/True = valid, valid frames first. Padded frames are masked out
+of attention as keys and zeroed before every convolution (time conv of the front end and the
+depthwise conv), so a valid output frame is exactly what the same audio without padding gives:
+outputs never depend on how much padding a batch adds. The output mask marks precisely the
+frames an unpadded input of that length produces (for "conv2d": frame i of a stride-2 step is
+valid iff its centre input frame 2i is, i.e. ceil(L / 2) frames). Padded output frames are zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from slm_jax.models import layers
+
+Array = jax.Array
+
+SUBSAMPLING = ("conv2d", "none")
+POSITION_EMBEDDINGS = ("relative_key", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConformerConfig:
+    input_dim: int = 80                  # feature channels (80/128 log-mel; 160 = w2v-BERT stacked fbank)
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024        # macaron FFN width
+    conv_kernel_size: int = 31           # causal depthwise conv taps
+    subsampling: str = "conv2d"          # "conv2d" (USM, 4x in time) or "none" (w2v-BERT 2.0)
+    subsampling_channels: int = 128      # Conv2D channels of the "conv2d" front end
+    position_embeddings_type: str = "relative_key"   # "relative_key" (w2v-BERT 2.0) or "none"
+    left_max_position_embeddings: int = 64           # relative_key: clip of key-left distances
+    right_max_position_embeddings: int = 8           # relative_key: clip of key-right distances
+    layer_norm_eps: float = 1e-5
+    dropout_rate: float = 0.0            # after the front end and every residual branch
+    dtype: Any = jnp.float32             # compute dtype; params stay float32
+
+    def __post_init__(self):
+        if self.subsampling not in SUBSAMPLING:
+            raise ValueError(f"ConformerConfig.subsampling must be one of {SUBSAMPLING}, got {self.subsampling!r}")
+        if self.position_embeddings_type not in POSITION_EMBEDDINGS:
+            raise ValueError(f"ConformerConfig.position_embeddings_type must be one of {POSITION_EMBEDDINGS}, "
+                             f"got {self.position_embeddings_type!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"ConformerConfig.hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        if self.conv_kernel_size < 1:
+            raise ValueError(f"ConformerConfig.conv_kernel_size must be >= 1, got {self.conv_kernel_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_relpos_buckets(self) -> int:
+        return self.left_max_position_embeddings + self.right_max_position_embeddings + 1
+
+    @property
+    def time_reduction(self) -> int:
+        return 4 if self.subsampling == "conv2d" else 1
+
+    def output_length(self, length):
+        """Frames the encoder emits for `length` valid input frames (ints or integer arrays)."""
+        if self.subsampling == "none":
+            return length
+        for _ in range(2):
+            length = (length + 1) // 2          # 3-tap, stride 2, padding 1: ceil(L / 2)
+        return length
+
+    @classmethod
+    def from_hf_w2v_bert(cls, config: Mapping[str, Any], **overrides) -> "ConformerConfig":
+        """The config of a transformers Wav2Vec2BertModel (its config.json as a dict).
+
+        Raises ValueError naming the field when the checkpoint needs something this encoder
+        does not implement (the conv adapter, the intermediate FFN, rotary / Transformer-XL
+        position embeddings, a non-swish activation)."""
+        def get(name, default):
+            return config.get(name, default)
+
+        if get("add_adapter", False):
+            raise ValueError("add_adapter=True (the w2v-BERT conv adapter) is not supported")
+        if get("use_intermediate_ffn_before_adapter", False):
+            raise ValueError("use_intermediate_ffn_before_adapter=True is not supported")
+        pos = get("position_embeddings_type", "relative_key")
+        if pos not in ("relative_key", None):
+            raise ValueError(f"position_embeddings_type={pos!r} is not supported (only 'relative_key' or None)")
+        act = get("hidden_act", "swish")
+        if act not in ("swish", "silu"):
+            raise ValueError(f"hidden_act={act!r} is not supported (only 'swish')")
+        kwargs = dict(
+            input_dim=int(get("feature_projection_input_dim", 160)),
+            hidden_size=int(get("hidden_size", 1024)),
+            num_layers=int(get("num_hidden_layers", 24)),
+            num_heads=int(get("num_attention_heads", 16)),
+            intermediate_size=int(get("intermediate_size", 4096)),
+            conv_kernel_size=int(get("conv_depthwise_kernel_size", 31)),
+            subsampling="none",
+            position_embeddings_type="relative_key" if pos == "relative_key" else "none",
+            left_max_position_embeddings=int(get("left_max_position_embeddings", 64)),
+            right_max_position_embeddings=int(get("right_max_position_embeddings", 8)),
+            layer_norm_eps=float(get("layer_norm_eps", 1e-5)),
+            dropout_rate=float(get("hidden_dropout", 0.0)),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def _zero_padding(x: Array, mask: Array) -> Array:
+    """Zero the frames of x [B, T, ...] where mask [B, T] is False."""
+    m = mask.astype(bool).reshape(mask.shape + (1,) * (x.ndim - 2))
+    return jnp.where(m, x, jnp.zeros((), x.dtype))
+
+
+def _dense_general(features, axes, *, axis=-1, use_bias=True, dtype=jnp.float32, name=None) -> nn.DenseGeneral:
+    """nn.DenseGeneral whose kernel and bias carry logical axis names (kernel: in..., out...)."""
+    n_out = len(features) if isinstance(features, tuple) else 1
+    return nn.DenseGeneral(
+        features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), tuple(axes)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes[-n_out:])),
+        name=name)
+
+
+class Conv2dSubsampling(nn.Module):
+    """USM front end: 2 x (3x3 Conv2D, stride 2, padding 1, ReLU) over (time, feature), then a
+    linear projection of (feature x channel) to hidden_size. [B,T,C],[B,T] -> [B,T',H],[B,T']."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        cfg = self.config
+        x = _zero_padding(x.astype(cfg.dtype), mask)[..., None]          # [B, T, C, 1]
+        for i in (1, 2):
+            x = nn.Conv(cfg.subsampling_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                        dtype=cfg.dtype, param_dtype=jnp.float32,
+                        kernel_init=nn.with_logical_partitioning(
+                            nn.initializers.lecun_normal(), ("conv_width", None, "conv_in", "embed")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                        name=f"conv{i}")(x)
+            # Output frame t is centred on input frame 2t: valid iff that frame is (ceil(L/2)).
+            mask = mask[:, ::2]
+            x = _zero_padding(nn.relu(x), mask)
+        b, t, f, c = x.shape
+        x = x.reshape(b, t, f * c)
+        x = layers.dense(cfg.hidden_size, ("mel", "embed"), use_bias=True, dtype=cfg.dtype, name="projection")(x)
+        return x, mask
+
+
+class FeatureProjection(nn.Module):
+    """w2v-BERT 2.0 front end: LayerNorm over the input channels, then Linear to hidden_size."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        cfg = self.config
+        x = layers.LayerNorm(cfg.layer_norm_eps, axis_name="mel", dtype=cfg.dtype, name="layer_norm")(x)
+        x = layers.dense(cfg.hidden_size, ("mel", "embed"), use_bias=True, dtype=cfg.dtype, name="projection")(x)
+        return x, mask
+
+
+class FeedForward(nn.Module):
+    """Linear -> swish -> Linear (both with bias)."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), use_bias=True, dtype=cfg.dtype,
+                         name="intermediate_dense")(x)
+        h = nn.with_logical_constraint(nn.silu(h), ("batch", "length", "mlp"))
+        return layers.dense(cfg.hidden_size, ("mlp", "embed"), use_bias=True, dtype=cfg.dtype,
+                            name="output_dense")(h)
+
+
+class SelfAttention(nn.Module):
+    """Masked multi-head self-attention. With "relative_key" position embeddings (Shaw et al.,
+    as in w2v-BERT 2.0) the logits gain q . E[clip(k - q, -left, right)], scaled like q . k:
+        logits[q, k] = (q . k + q . E[d(q, k)]) / sqrt(head_dim)."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        cfg = self.config
+        heads, hd = cfg.num_heads, cfg.head_dim
+        proj = lambda name: _dense_general((heads, hd), ("embed", "heads", "kv"), dtype=cfg.dtype, name=name)
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)          # [B, T, heads, hd]
+        bias = None
+        if cfg.position_embeddings_type == "relative_key":
+            table = self.param("distance_embedding", nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), ("relpos_buckets", "kv")), (cfg.num_relpos_buckets, hd), jnp.float32)
+            t = x.shape[1]
+            pos = jnp.arange(t)
+            bucket = jnp.clip(pos[None, :] - pos[:, None], -cfg.left_max_position_embeddings,
+                              cfg.right_max_position_embeddings) + cfg.left_max_position_embeddings   # [Tq, Tk]
+            # q against every bucket, then gather per (q, k): never builds a [T, T, hd] tensor.
+            per_bucket = jnp.einsum("bqhd,pd->bhqp", q, table.astype(cfg.dtype))
+            bias = jnp.take_along_axis(per_bucket, jnp.broadcast_to(bucket, per_bucket.shape[:2] + bucket.shape),
+                                       axis=-1) * (hd ** -0.5)
+        out = layers.dot_product_attention(q, k, v, bias=bias, mask=layers.attention_mask(mask, mask),
+                                           scale=hd ** -0.5, dtype=cfg.dtype)
+        return _dense_general(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), dtype=cfg.dtype,
+                              name="out")(out)
+
+
+class ConvolutionModule(nn.Module):
+    """LN -> zero padded frames -> pointwise GLU -> causal depthwise conv (left pad K-1) -> LN
+    -> swish -> pointwise. The GLU's value and gate halves are separate (embed, mlp) kernels so
+    that a model-parallel split of the channels keeps each channel's pair on one shard."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        cfg = self.config
+        h = cfg.hidden_size
+        x = layers.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, name="layer_norm")(x)
+        x = _zero_padding(x, mask)
+        value = layers.dense(h, ("embed", "mlp"), dtype=cfg.dtype, name="pointwise_in_value")(x)
+        gate = layers.dense(h, ("embed", "mlp"), dtype=cfg.dtype, name="pointwise_in_gate")(x)
+        x = value * nn.sigmoid(gate)
+        kernel = self.param("depthwise_kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.conv_kernel_size ** -0.5), ("conv_width", "mlp")),
+            (cfg.conv_kernel_size, h), jnp.float32)
+        x = jax.lax.conv_general_dilated(
+            x, kernel.astype(cfg.dtype)[:, None, :], window_strides=(1,),
+            padding=[(cfg.conv_kernel_size - 1, 0)], dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=h)
+        x = layers.LayerNorm(cfg.layer_norm_eps, axis_name="mlp", dtype=cfg.dtype, name="depthwise_layer_norm")(x)
+        x = nn.silu(x)
+        return layers.dense(h, ("mlp", "embed"), dtype=cfg.dtype, name="pointwise_out")(x)
+
+
+class ConformerLayer(nn.Module):
+    """One Conformer block (see the module docstring)."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        norm = lambda name: layers.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, name=name)
+        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        x = x + 0.5 * drop(FeedForward(cfg, name="ffn1")(norm("ffn1_layer_norm")(x), deterministic))
+        x = x + drop(SelfAttention(cfg, name="self_attn")(norm("self_attn_layer_norm")(x), mask))
+        x = x + drop(ConvolutionModule(cfg, name="conv_module")(x, mask))
+        x = x + 0.5 * drop(FeedForward(cfg, name="ffn2")(norm("ffn2_layer_norm")(x), deterministic))
+        x = norm("final_layer_norm")(x)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Conformer(nn.Module):
+    """features [B, T, input_dim], mask [B, T] -> (hidden [B, T', hidden_size], mask [B, T'])."""
+    config: ConformerConfig
+
+    @nn.compact
+    def __call__(self, features: Array, mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        cfg = self.config
+        if features.shape[-1] != cfg.input_dim:
+            raise ValueError(f"Conformer: features have {features.shape[-1]} channels, "
+                             f"ConformerConfig.input_dim is {cfg.input_dim}")
+        mask = mask.astype(bool)
+        if cfg.subsampling == "conv2d":
+            x, mask = Conv2dSubsampling(cfg, name="subsampling")(features, mask)
+        else:
+            x, mask = FeatureProjection(cfg, name="feature_projection")(features.astype(cfg.dtype), mask)
+        x = nn.Dropout(cfg.dropout_rate)(_zero_padding(x, mask), deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        for i in range(cfg.num_layers):
+            x = ConformerLayer(cfg, name=f"layers_{i}")(x, mask, deterministic)
+        return _zero_padding(x, mask), mask
+
+
+def abstract_params(config: ConformerConfig, frames: int = 16) -> dict:
+    """Unboxed parameter ShapeDtypeStructs of Conformer(config), nothing allocated."""
+    model = Conformer(config)
+    x = jnp.zeros((1, frames, config.input_dim), jnp.float32)
+    m = jnp.ones((1, frames), bool)
+    return nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), x, m)["params"])
