@@ -6,6 +6,15 @@ on a mesh. Names absent from the table are replicated.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Sequence
+
+import gin
+import jax
+import numpy as np
+import flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 # Logical axis names used by the model families. Activations: batch, length, embed, heads, kv,
 # mlp, vocab. Parameters additionally use the names below.
 LOGICAL_AXES = (
@@ -37,3 +46,98 @@ LOGICAL_AXIS_RULES = (
     ("conv_width", None),
     ("conv_in", None),
 )
+
+
+MESH_AXES = ("data", "model")
+
+
+def axis_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
+    """The rules table, optionally sharding "embed" over "data" (FSDP for big frozen weights).
+    Every name a model uses must be in LOGICAL_AXES; unknown names are an error, not replication."""
+    rules = dict(LOGICAL_AXIS_RULES)
+    if fsdp:
+        rules["embed"] = "data"
+    return tuple(rules.items())
+
+
+def check_logical_axes(specs) -> None:
+    """Raise if a logical spec tree names an axis outside LOGICAL_AXES."""
+    for spec in jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, P)):
+        for name in spec:
+            if name is not None and name not in LOGICAL_AXES:
+                raise ValueError(f"logical axis {name!r} is not in partitioning.LOGICAL_AXES")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape: `data` x `model` devices. -1 for `data` means "all remaining devices"."""
+    data: int = -1
+    model: int = 1
+    fsdp: bool = False
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
+    """A ("data", "model") mesh over all (global, multi-host) devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    model = config.model
+    data = config.data if config.data != -1 else len(devices) // model
+    if data * model != len(devices) or data < 1:
+        raise ValueError(f"MeshConfig data={config.data} x model={config.model} does not fit "
+                         f"{len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(data, model), MESH_AXES)
+
+
+class Partitioner:
+    """Turns logical axis annotations into NamedShardings on one mesh with one rules table."""
+
+    def __init__(self, mesh: Mesh, fsdp: bool = False):
+        self.mesh = mesh
+        self.rules = axis_rules(fsdp)
+
+    def sharding(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+        """NamedSharding for an array of `shape` whose axes have logical `names`.
+
+        A mesh axis is used at most once per array, and only where it divides the dimension:
+        otherwise that dimension is replicated (e.g. a 259-entry byte vocabulary on 4 model
+        shards) instead of failing."""
+        check_logical_axes(P(*names))
+        rules = dict(self.rules)
+        used, spec = set(), []
+        for name, dim in zip(names, shape):
+            axis = rules.get(name) if name is not None else None
+            if axis is None or axis in used or dim % self.mesh.shape[axis]:
+                spec.append(None)
+            else:
+                used.add(axis)
+                spec.append(axis)
+        return NamedSharding(self.mesh, P(*spec))
+
+    def tree_shardings(self, boxed_abstract):
+        """Shardings for a tree whose leaves are nn.LogicallyPartitioned (names + shape);
+        leaves without names (or whose names do not fit their rank) are replicated."""
+        def one(x):
+            if isinstance(x, nn.LogicallyPartitioned) and len(x.names) == len(x.value.shape):
+                return self.sharding(x.names, x.value.shape)
+            return self.replicated
+        return jax.tree_util.tree_map(one, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+    params_shardings = tree_shardings
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        """Batch arrays: leading axis over "data", the rest replicated."""
+        return NamedSharding(self.mesh, P("data", *([None] * (ndim - 1))))
+
+    def batch_shardings(self, batch):
+        return jax.tree_util.tree_map(lambda x: self.batch_sharding(np.ndim(x)), batch)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def shard_batch(self, batch):
+        """Place a host-local numpy batch on the mesh (single- or multi-process)."""
+        if jax.process_count() == 1:
+            return jax.device_put(batch, self.batch_shardings(batch))
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(self.batch_sharding(np.ndim(x)), x), batch)

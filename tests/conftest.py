@@ -1,8 +1,10 @@
-"""Test-wide settings: CPU only, float32 matmuls at full precision for parity tests."""
+"""Test-wide settings: CPU only with 8 simulated devices, full-precision float32 matmuls."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 simulated CPU devices, so partitioned steps run on real meshes (2x4, 8x1) in tests.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

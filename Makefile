@@ -1,0 +1,30 @@
+# Set-up and entry points. `make demo` (main job) and `make test` (test suite) each install what
+# they need on a fresh machine: Debian packages (espeak-ng), a virtualenv in .venv, the package.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GIN ?= gin/runs/demo.gin
+ARGS ?=
+
+.PHONY: setup apt test demo clean
+
+apt:
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: apt $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m slm_jax.main --gin_file=$(GIN) $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,112 @@
+"""Train-state checkpoints with orbax: async saves every K steps, keep N, save on exit or
+preemption signal, resume from the latest step.
+
+Only `TrainState` (step, trainable params, optimizer state) is written; frozen weights are never
+part of a checkpoint. Each checkpoint also stores a JSON "fingerprint" of the run configuration
+(model configs, trainable patterns, parameter shapes); restoring into a run whose fingerprint
+differs raises `CheckpointError` naming the differing fields instead of failing deep in orbax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+from slm_jax.checkpoints.hf_common import CheckpointError
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                out.append(f"{sub}: {a.get(k, '<absent>')!r} vs {b.get(k, '<absent>')!r}")
+            else:
+                out.extend(_diff(a[k], b[k], sub))
+        return out
+    return [] if a == b else [f"{path}: checkpoint has {a!r}, run has {b!r}"]
+
+
+class TrainCheckpointer:
+    """Orbax CheckpointManager for TrainState plus a config fingerprint."""
+
+    def __init__(self, directory: str, fingerprint: Mapping[str, Any], *, save_every: int = 1000,
+                 keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+        self.save_every = save_every
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "fingerprint"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                                 create=True))
+        self.preempted = False
+        self._old_handlers: dict[int, Any] = {}
+
+    # --- saving
+    def maybe_save(self, step: int, state, force: bool = False) -> bool:
+        """Save if `step` is a multiple of save_every, or when forced (exit / preemption)."""
+        if not force and (step == 0 or step % self.save_every):
+            return False
+        if self.manager.latest_step() == step:
+            return False
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), fingerprint=ocp.args.JsonSave(self.fingerprint)), force=True)
+        return True
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+        self.restore_signal_handlers()
+
+    # --- restoring
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restore TrainState at `step` (default latest) into `abstract_state`'s shapes/shardings."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{self.directory}: no checkpoint to restore")
+        saved = self.manager.restore(step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))
+        diffs = _diff(saved["fingerprint"], self.fingerprint)
+        if diffs:
+            raise CheckpointError(f"{self.directory}/{step}: checkpoint does not match this run's config: "
+                                  + "; ".join(diffs[:8]))
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        return out["state"]
+
+    # --- preemption
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT set `preempted`; the train loop then saves and exits cleanly."""
+        def handler(signum, frame):
+            self.preempted = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+
+    def restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+
+
+def state_fingerprint(abstract_trainable, **configs) -> dict:
+    """Fingerprint of a run: given configs (dataclasses -> dicts) and trainable param shapes."""
+    import dataclasses
+
+    def as_dict(c):
+        return dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
+    shapes = {"/".join(str(getattr(k, "key", k)) for k in path): list(x.shape)
+              for path, x in jax.tree_util.tree_leaves_with_path(abstract_trainable)}
+    return {"configs": {k: as_dict(v) for k, v in configs.items()}, "trainable_shapes": shapes}

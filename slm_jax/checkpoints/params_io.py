@@ -1,0 +1,63 @@
+"""Plain parameter files (flax msgpack) for foundation models, plus loading foundations into
+an SLM parameter tree: a Hugging Face checkpoint directory or one of our own msgpack files."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import flax.serialization
+import jax
+import numpy as np
+
+from slm_jax.checkpoints.hf_common import CheckpointError, validate_tree
+
+
+def save_params(path: str, params: Mapping[str, Any]) -> None:
+    """Write a param tree (numpy / jax arrays) to `path` atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(host))
+    os.replace(tmp, path)
+
+
+def load_params(path: str, abstract: Mapping[str, Any] | None = None) -> dict:
+    """Read a msgpack param tree; with `abstract`, check keys and shapes (errors name the key)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"parameter file not found: {path}")
+    with open(path, "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    if abstract is not None:
+        validate_tree(params, abstract, path)
+    return params
+
+
+def load_foundation(path: str, kind: str, abstract: Mapping[str, Any]) -> dict:
+    """Load a frozen foundation's params from `path` for the SLM subtree `kind`
+    ("speech_encoder" or "llm"): a msgpack file, or a Hugging Face directory (mT5/mT0 for the
+    LLM; w2v-BERT 2.0 or Whisper for the speech encoder)."""
+    if os.path.isfile(path):
+        return load_params(path, abstract)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{kind} checkpoint not found: {path}")
+    if kind == "llm":
+        from slm_jax.checkpoints.hf_t5 import load_hf_t5
+        _, params = load_hf_t5(path)
+    elif kind == "speech_encoder":
+        import json
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type == "wav2vec2-bert":
+            from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert
+            _, params = load_hf_w2v_bert(path)
+        elif model_type == "whisper":
+            from slm_jax.checkpoints.hf_whisper import load_hf_whisper_encoder
+            _, params = load_hf_whisper_encoder(path)
+        else:
+            raise CheckpointError(f"{path}/config.json: unsupported speech encoder model_type {model_type!r}")
+    else:
+        raise ValueError(f"load_foundation: kind must be 'speech_encoder' or 'llm', got {kind!r}")
+    validate_tree(params, abstract, path)
+    return params

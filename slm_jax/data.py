@@ -1,0 +1,105 @@
+"""Input pipeline glue: the SLM feature converter and a resumable numpy batch iterator.
+
+Task examples (see tasks/) carry
+    speech       float32 [frames, channels]  log-mel (or other) features of the audio
+    instruction  int32   [tokens]            the text instruction (may be empty)
+    targets      int32   [tokens]            the expected output text, EOS-terminated
+and `SLMFeatureConverter` turns them into the batch the trainer expects:
+    features [B, T, C], feature_mask [B, T], instruction_tokens [B, L],
+    decoder_input_tokens / decoder_target_tokens / decoder_loss_weights [B, Y].
+Speech longer than its feature length is an error (it is never silently cut); text features
+are trimmed as in seqio.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+
+
+def _pad_to(x: tf.Tensor, length: int) -> tf.Tensor:
+    pad = [[0, length - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
+    return tf.pad(x, pad)
+
+
+class SLMFeatureConverter(seqio.FeatureConverter):
+    """Task features (speech, instruction, targets) -> padded SLM model features (no packing)."""
+
+    TASK_FEATURES = {
+        "speech": FeatureSpec(dtype=tf.float32, rank=2),
+        "instruction": FeatureSpec(dtype=tf.int32),
+        "targets": FeatureSpec(dtype=tf.int32),
+    }
+    MODEL_FEATURES = {
+        "features": FeatureSpec(dtype=tf.float32, rank=2),
+        "feature_mask": FeatureSpec(dtype=tf.int32),
+        "instruction_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_loss_weights": FeatureSpec(dtype=tf.int32),
+    }
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("pack", False)
+        if kwargs["pack"]:
+            raise ValueError("SLMFeatureConverter does not pack examples (pack must be False)")
+        super().__init__(**kwargs)
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        max_frames = task_feature_lengths["speech"]
+        inst_len, tgt_len = task_feature_lengths["instruction"], task_feature_lengths["targets"]
+
+        def convert(ex):
+            speech = ex["speech"]
+            n = tf.shape(speech)[0]
+            with tf.control_dependencies([tf.debugging.assert_less_equal(
+                    n, max_frames, message=f"speech is longer than task_feature_lengths['speech']={max_frames}")]):
+                speech = tf.identity(speech)
+            targets = ex["targets"][:tgt_len]
+            dec_in = seqio.utils.make_autoregressive_inputs(targets, bos_id=self.bos_id)
+            return {
+                "features": _pad_to(speech, max_frames),
+                "feature_mask": _pad_to(tf.ones([n], tf.int32), max_frames),
+                "instruction_tokens": _pad_to(ex["instruction"][:inst_len], inst_len),
+                "decoder_input_tokens": _pad_to(dec_in, tgt_len),
+                "decoder_target_tokens": _pad_to(targets, tgt_len),
+                "decoder_loss_weights": _pad_to(tf.cast(targets > 0, tf.int32), tgt_len),
+            }
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        return {"features": task_feature_lengths["speech"], "feature_mask": task_feature_lengths["speech"],
+                "instruction_tokens": task_feature_lengths["instruction"],
+                "decoder_input_tokens": task_feature_lengths["targets"],
+                "decoder_target_tokens": task_feature_lengths["targets"],
+                "decoder_loss_weights": task_feature_lengths["targets"]}
+
+
+@gin.configurable
+def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", *,
+                feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
+                shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
+                start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
+                drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of a SeqIO task or mixture through SLMFeatureConverter.
+
+    Deterministic for a given seed, so resuming at `start_batch` gives exactly the batches an
+    uninterrupted run would have seen. Each host reads shard `shard_index` of `num_shards` and
+    yields its local `batch_size // num_shards` rows."""
+    if batch_size % num_shards:
+        raise ValueError(f"get_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
+    ds = seqio.get_dataset(
+        mixture_or_task_name, task_feature_lengths=dict(feature_lengths), feature_converter=SLMFeatureConverter(),
+        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, verbose=False,
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
+    ds = ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)
+    if start_batch:
+        ds = ds.skip(start_batch)
+    return ds.prefetch(2).as_numpy_iterator()

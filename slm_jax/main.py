@@ -1,0 +1,261 @@
+"""The one entry point:  python -m slm_jax.main --gin_file=FILE [--gin_file=...] [--gin.BINDING=VALUE ...]
+
+Modes (`run.mode`): train, eval, infer. Everything a user tunes is a gin binding, e.g.
+    --gin.run.mode="'eval'"  --gin.train.train_steps=200  --gin.DecodeConfig.method="'beam'"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slm_jax import configs  # noqa: F401  (registers gin configurables)
+from slm_jax.checkpoints.manager import TrainCheckpointer, state_fingerprint
+from slm_jax.checkpoints.params_io import load_foundation
+from slm_jax.data import get_batches
+from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
+from slm_jax.progress import MetricsWriter, Progress
+from slm_jax.task_model import DecodeConfig, SLMTaskModel
+from slm_jax.trainer import Trainer, make_optimizer, make_schedule, merge_params
+
+log = logging.getLogger("slm_jax")
+
+
+# ----------------------------------------------------------------------------- set-up shared by modes
+
+@dataclasses.dataclass
+class Setup:
+    model: SLMTaskModel
+    partitioner: Partitioner
+    trainer: Trainer
+    trainable: Any
+    frozen: Any
+    checkpointer: TrainCheckpointer
+
+
+@gin.configurable
+def setup(run_dir: str, model: SLMTaskModel = gin.REQUIRED, *, trainable_patterns: Sequence[str] = ("adapter/.*",),
+          mesh: MeshConfig = MeshConfig(), train_steps: int = 1000, accum_steps: int = 1, seed: int = 0,
+          speech_encoder_checkpoint: str | None = None, llm_checkpoint: str | None = None,
+          save_every: int = 1000, keep: int = 3, async_save: bool = True) -> Setup:
+    """Model, mesh, trainer and checkpointer; params initialised (foundations loaded if given)."""
+    partitioner = Partitioner(make_mesh(mesh), fsdp=mesh.fsdp)
+    boxed = model.abstract_params()
+    schedule = make_schedule(total_steps=train_steps)
+    trainer = Trainer(model.loss_fn, make_optimizer(schedule=schedule), partitioner, boxed,
+                      trainable_patterns, accum_steps=accum_steps, schedule=schedule)
+    import flax.linen as nn
+    shardings = partitioner.params_shardings(boxed)
+    params = jax.jit(lambda r: nn.meta.unbox(model.init_boxed(r)), out_shardings=shardings)(
+        jax.random.PRNGKey(seed))
+    abstract = nn.meta.unbox(boxed)
+    for kind, path in (("speech_encoder", speech_encoder_checkpoint), ("llm", llm_checkpoint)):
+        if path:
+            params = dict(params)
+            params[kind] = jax.device_put(load_foundation(path, kind, abstract[kind]), shardings[kind])
+    trainable, frozen = trainer.split(params)
+    fingerprint = state_fingerprint(trainer.abstract_trainable, slm=model.config,
+                                    trainable_patterns=list(trainable_patterns))
+    ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), fingerprint, save_every=save_every,
+                             keep=keep, async_save=async_save)
+    return Setup(model, partitioner, trainer, trainable, frozen, ckpt)
+
+
+# ----------------------------------------------------------------------------- train
+
+@gin.configurable
+def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = 8, train_steps: int = 1000, log_every: int = 10, eval_every: int = 0,
+          seed: int = 0, stop_after: int | None = None) -> dict:
+    """Train the trainable subtree; resumes from the latest checkpoint in run_dir.
+    `stop_after` ends the process early at that step (a simulated preemption; the run resumes)."""
+    s = setup(run_dir, train_steps=train_steps, seed=seed)
+    state = s.trainer.init_state(s.trainable)
+    start = 0
+    if s.checkpointer.latest_step() is not None:
+        state = s.checkpointer.restore(s.trainer.abstract_state())
+        start = int(state.step)
+        print(f"[train] resumed from step {start} ({s.checkpointer.directory})", flush=True)
+    writer = MetricsWriter(run_dir, "train")
+    progress = Progress(train_steps, start)
+    s.checkpointer.install_signal_handlers()
+    batches = get_batches(train_task, "train", feature_lengths=feature_lengths, batch_size=batch_size,
+                          seed=seed, start_batch=start, shard_index=jax.process_index(),
+                          num_shards=jax.process_count())
+    rng = jax.random.PRNGKey(seed + 1)
+    pending: list[dict] = []
+    last: dict = {}
+    step = start
+    try:
+        while step < train_steps:
+            batch = s.partitioner.shard_batch(next(batches))
+            state, metrics = s.trainer.train_step(state, s.frozen, batch, rng)
+            step += 1
+            pending.append(metrics)
+            if step % log_every == 0 or step == train_steps:
+                host = jax.device_get(pending)
+                last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                pending = []
+                writer.write(step, last)
+                progress.report(step, {k: last[k] for k in ("loss", "accuracy", "learning_rate") if k in last})
+            s.checkpointer.maybe_save(step, state)
+            if eval_every and step % eval_every == 0 and step < train_steps:
+                evaluate(run_dir, setup_=s, trainable=state.params, step=step)
+            if s.checkpointer.preempted or (stop_after is not None and step >= stop_after):
+                print(f"[train] stopping at step {step}; checkpoint saved", flush=True)
+                break
+    finally:
+        s.checkpointer.maybe_save(step, state, force=True)
+        s.checkpointer.close()
+        writer.close()
+    return {"step": step, **last}
+
+
+# ----------------------------------------------------------------------------- eval
+
+def _pad_rows(batch: dict, rows: int) -> dict:
+    return {k: np.concatenate([v, np.zeros((rows - v.shape[0],) + v.shape[1:], v.dtype)]) if v.shape[0] < rows else v
+            for k, v in batch.items()}
+
+
+def _text(vocab, ids: np.ndarray, eos_id: int) -> str:
+    ids = [int(t) for t in ids]
+    if eos_id in ids:
+        ids = ids[:ids.index(eos_id)]
+    return vocab.decode([t for t in ids if t > 0])
+
+
+@gin.configurable
+def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: str = "validation",
+             feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
+             decode: DecodeConfig = DecodeConfig(), max_examples: int | None = None, setup_: Setup | None = None,
+             trainable: Any = None, step: int | None = None, tag: str = "") -> dict[str, dict[str, float]]:
+    """Decode each task's `split` and score it with the task's metric functions. Writes
+    predictions (JSONL) and metrics (JSON, TensorBoard) under run_dir/eval/."""
+    import seqio
+    s = setup_ or setup(run_dir)
+    if trainable is None:
+        trainable = s.trainable
+        if s.checkpointer.latest_step() is not None:
+            state = s.checkpointer.restore(s.trainer.abstract_state())
+            trainable, step = state.params, int(state.step)
+    step = step or 0
+    params = merge_params(trainable, s.frozen)
+    eos = s.model.config.llm.eos_id
+    out_dir = os.path.join(run_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    writer = MetricsWriter(run_dir, f"eval{tag}")
+    results = {}
+    for name in eval_tasks:
+        task = seqio.get_mixture_or_task(name)
+        vocab = task.output_features["targets"].vocabulary
+        targets, preds = [], []
+        t0 = time.time()
+        for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
+                                 shuffle=False, num_epochs=1, drop_remainder=False):
+            n = batch["features"].shape[0]
+            tokens, _ = s.model.predict_batch(params, s.partitioner.shard_batch(_pad_rows(batch, batch_size)), decode)
+            tokens = np.asarray(jax.device_get(tokens))[:n]
+            preds += [_text(vocab, t, eos) for t in tokens]
+            targets += [_text(vocab, t, eos) for t in batch["decoder_target_tokens"]]
+            if max_examples and len(preds) >= max_examples:
+                targets, preds = targets[:max_examples], preds[:max_examples]
+                break
+        if not preds:
+            raise ValueError(f"eval task {name!r} split {split!r} produced no examples")
+        scores: dict[str, float] = {}
+        for fn in task.metric_fns:
+            scores.update({k: float(v) for k, v in fn(targets, preds).items()})
+        scores["num_examples"] = len(preds)
+        scores["examples_per_s"] = len(preds) / (time.time() - t0)
+        results[name] = scores
+        with open(os.path.join(out_dir, f"{name}{tag}_step{step}.jsonl"), "w") as f:
+            for t, p in zip(targets, preds):
+                f.write(json.dumps({"target": t, "prediction": p}, ensure_ascii=False) + "\n")
+        writer.write(step, {f"{name}/{k}": v for k, v in scores.items()})
+        print(f"[eval] step {step} {name}: " + " ".join(f"{k}={v:.4g}" for k, v in scores.items()), flush=True)
+    with open(os.path.join(out_dir, f"metrics{tag}_step{step}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    writer.close()
+    if setup_ is None:
+        s.checkpointer.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- infer
+
+@gin.configurable
+def infer(run_dir: str, *, audio_files: Sequence[str] = gin.REQUIRED, instruction: str = "",
+          vocabulary: Any = gin.REQUIRED, feature_kind: str = "log_mel", n_mels: int = 80,
+          decode: DecodeConfig = DecodeConfig()) -> list[str]:
+    """Run the trained SLM on audio files with a text instruction; prints and returns outputs."""
+    from slm_jax.features import compute_features, load_audio
+    s = setup(run_dir)
+    trainable = s.trainable
+    if s.checkpointer.latest_step() is not None:
+        trainable = s.checkpointer.restore(s.trainer.abstract_state()).params
+    params = merge_params(trainable, s.frozen)
+    feats = [compute_features(load_audio(p), 16000, kind=feature_kind, n_mels=n_mels, source=p) for p in audio_files]
+    frames = max(f.shape[0] for f in feats)
+    batch = {
+        "features": np.stack([np.pad(f, ((0, frames - f.shape[0]), (0, 0))) for f in feats]),
+        "feature_mask": np.stack([(np.arange(frames) < f.shape[0]).astype(np.int32) for f in feats]),
+        "instruction_tokens": np.tile(np.asarray(vocabulary.encode(instruction) + [0], np.int32), (len(feats), 1)),
+    }
+    tokens, _ = s.model.predict_batch(params, batch, decode)
+    outs = [_text(vocabulary, t, s.model.config.llm.eos_id) for t in np.asarray(tokens)]
+    for p, o in zip(audio_files, outs):
+        print(f"{p}\t{o}", flush=True)
+    s.checkpointer.close()
+    return outs
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@gin.configurable
+def run(mode: str = "train", run_dir: str = gin.REQUIRED) -> Any:
+    """Dispatch to a mode."""
+    modes = {"train": train, "eval": evaluate, "infer": infer}
+    if mode not in modes:
+        raise ValueError(f"run.mode must be one of {sorted(modes)}, got {mode!r}")
+    return modes[mode](run_dir)
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """--gin_file=F (repeatable) and --gin.NAME=VALUE bindings; anything else is an error."""
+    files, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin_file="):
+            files.append(arg.split("=", 1)[1])
+        elif arg.startswith("--gin."):
+            bindings.append(arg[len("--gin."):])
+        elif arg.startswith("--gin_bindings="):
+            bindings.append(arg.split("=", 1)[1])
+        else:
+            raise SystemExit(f"unknown argument {arg!r}; use --gin_file=FILE and --gin.NAME=VALUE")
+    return files, bindings
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    for f in files:
+        if not os.path.isfile(f):
+            raise SystemExit(f"gin file not found: {f}")
+    gin.clear_config()
+    gin.parse_config_files_and_bindings(files, bindings)
+    logging.basicConfig(level=logging.WARNING)
+    return run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Training/eval progress: a console line with steps/s, loss and ETA, plus metrics a user can
+plot: a JSONL log (one JSON object per write) and TensorBoard event files (tf.summary)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+
+log = logging.getLogger("slm_jax")
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class MetricsWriter:
+    """Writes scalars to `<logdir>/metrics.jsonl` and TensorBoard events under `<logdir>/tb/<name>`.
+    Only process 0 writes."""
+
+    def __init__(self, logdir: str, name: str = "train"):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(logdir, f"{name}_metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(logdir, exist_ok=True)
+            import tensorflow as tf
+            self._tb = tf.summary.create_file_writer(os.path.join(logdir, "tb", name))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+        import tensorflow as tf
+        with self._tb.as_default():
+            for k, v in scalars.items():
+                tf.summary.scalar(k, v, step=int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """Rate and ETA over the steps run in this process (a resumed run starts its clock anew)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, desc: str = "train"):
+        self.total, self.start, self.desc = total_steps, start_step, desc
+        self.t0 = time.time()
+
+    def line(self, step: int, metrics: Mapping[str, float]) -> str:
+        done = max(step - self.start, 1)
+        rate = done / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / rate
+        parts = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+        return f"[{self.desc}] step {step}/{self.total} {rate:.2f} steps/s ETA {_fmt_duration(eta)} {parts}"
+
+    def report(self, step: int, metrics: Mapping[str, float]) -> None:
+        if jax.process_index() == 0:
+            msg = self.line(step, metrics)
+            log.info(msg)
+            print(msg, flush=True)
