@@ -1,8 +1,11 @@
-"""What the trainer and evaluator need from an SLM: init, the loss on a batch, and decoding.
+"""What the trainer and evaluator need from a model: init, the loss on a batch, and decoding
+(T5X's "model" layer over the Flax modules).
 
-`SLMTaskModel` wraps the Flax `SLM` module (T5X's "model" layer): the loss is teacher-forced
-next-token cross entropy (T5X style, `losses.cross_entropy_sums`); `predict_batch` encodes
-[speech ; instruction] once and decodes with the LLM's KV cache (greedy, beam or sampling).
+`EncDecTaskModel` holds what every encoder-decoder shares: teacher-forced next-token cross
+entropy (T5X style, `losses.cross_entropy_sums`) and `predict_batch`, which encodes once and
+decodes with the LLM's KV cache (greedy, beam or sampling). Subclasses say how a batch is
+encoded: `SLMTaskModel` ([speech ; instruction] through the SLM) and `T5TaskModel` (text only,
+used to pretrain / instruction-tune the LLM foundation with the same trainer).
 """
 
 from __future__ import annotations
@@ -35,36 +38,26 @@ class DecodeConfig:
     top_k: int = 0
 
 
-@gin.configurable
-class SLMTaskModel:
-    def __init__(self, config: SLMConfig, label_smoothing: float = 0.0, z_loss: float = 1e-4):
-        self.config = config
-        self.module = SLM(config)
-        self.llm = t5_lib.T5(config.llm)
+class EncDecTaskModel:
+    """Shared loss and decoding; subclasses define `module`, `llm_config`, `init_boxed`,
+    `logits`, `encode` and `llm_params`."""
+
+    module: Any
+    llm_config: t5_lib.T5Config
+
+    def __init__(self, label_smoothing: float = 0.0, z_loss: float = 1e-4):
+        self.llm = t5_lib.T5(self.llm_config)
         self.label_smoothing, self.z_loss = label_smoothing, z_loss
 
-    # ---------------------------------------------------------------- init
-    def abstract_params(self, **dummy_kwargs) -> Any:
+    def abstract_params(self) -> Any:
         """Boxed (LogicallyPartitioned) parameter shapes, nothing allocated."""
-        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0), **dummy_kwargs)
+        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
 
-    def init_boxed(self, rng: jax.Array, **dummy_kwargs) -> Any:
-        return self.module.init(rng, **dummy_inputs(self.config, **dummy_kwargs))["params"]
-
-    # ---------------------------------------------------------------- loss
     def loss_fn(self, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
-        logits = self.module.apply(
-            {"params": params}, batch["features"], batch["feature_mask"], batch["instruction_tokens"],
-            batch["decoder_input_tokens"], decoder_mask=None, deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng})
+        logits = self.logits(params, batch, None if deterministic else {"dropout": rng}, deterministic)
         weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
         return cross_entropy_sums(logits, batch["decoder_target_tokens"], weights,
                                   label_smoothing=self.label_smoothing, z_loss=self.z_loss)
-
-    # ---------------------------------------------------------------- decoding
-    def encode(self, params, batch: Batch):
-        return self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
-                                 batch["instruction_tokens"], method=SLM.encode)
 
     @functools.partial(jax.jit, static_argnums=(0, 3))
     def predict_batch(self, params, batch: Batch, decode_cfg: DecodeConfig = DecodeConfig(),
@@ -72,9 +65,8 @@ class SLMTaskModel:
         """Decoded target tokens [B, max_len] (EOS then 0s) and their scores [B]."""
         encoded, mask = self.encode(params, batch)
         bsz = encoded.shape[0]
-        llm_params = params["llm"]
-        eos = self.config.llm.eos_id
-        start = self.config.llm.decoder_start_token_id
+        llm_params = self.llm_params(params)
+        eos, start = self.llm_config.eos_id, self.llm_config.decoder_start_token_id
         k = decode_cfg.beam_size if decode_cfg.method == "beam" else 1
         if k > 1:
             encoded, mask = decoding.expand_for_beams((encoded, mask), k)
@@ -92,3 +84,53 @@ class SLMTaskModel:
             return decoding.sample(step_fn, cache, rng, bsz, decode_cfg.max_len, decode_cfg.temperature,
                                    decode_cfg.top_k, eos, start)
         raise ValueError(f"DecodeConfig.method must be greedy/beam/sample, got {decode_cfg.method!r}")
+
+
+@gin.configurable
+class SLMTaskModel(EncDecTaskModel):
+    """SLM on batches of features / feature_mask / instruction_tokens / decoder_* tokens."""
+
+    def __init__(self, config: SLMConfig, label_smoothing: float = 0.0, z_loss: float = 1e-4):
+        self.config, self.llm_config = config, config.llm
+        self.module = SLM(config)
+        super().__init__(label_smoothing, z_loss)
+
+    def init_boxed(self, rng: jax.Array) -> Any:
+        return self.module.init(rng, **dummy_inputs(self.config))["params"]
+
+    def logits(self, params, batch: Batch, rngs, deterministic: bool) -> jax.Array:
+        return self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
+                                 batch["instruction_tokens"], batch["decoder_input_tokens"],
+                                 deterministic=deterministic, rngs=rngs)
+
+    def encode(self, params, batch: Batch):
+        return self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
+                                 batch["instruction_tokens"], method=SLM.encode)
+
+    def llm_params(self, params):
+        return params["llm"]
+
+
+@gin.configurable
+class T5TaskModel(EncDecTaskModel):
+    """The LLM alone on text batches: encoder_input_tokens / decoder_* tokens."""
+
+    def __init__(self, config: t5_lib.T5Config, label_smoothing: float = 0.0, z_loss: float = 1e-4):
+        self.config = self.llm_config = config
+        self.module = t5_lib.T5(config)
+        super().__init__(label_smoothing, z_loss)
+
+    def init_boxed(self, rng: jax.Array) -> Any:
+        tokens = jnp.ones((1, 8), jnp.int32)
+        return self.module.init(rng, tokens, tokens)["params"]
+
+    def logits(self, params, batch: Batch, rngs, deterministic: bool) -> jax.Array:
+        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                                 deterministic=deterministic, rngs=rngs)
+
+    def encode(self, params, batch: Batch):
+        mask = batch["encoder_input_tokens"] > 0
+        return self.module.apply({"params": params}, batch["encoder_input_tokens"], mask, method=t5_lib.T5.encode), mask
+
+    def llm_params(self, params):
+        return params

@@ -56,3 +56,43 @@ def gin_tiny(*bindings: str) -> None:
     """Parse the tiny model config plus bindings into a clean gin state."""
     gin.clear_config()
     gin.parse_config_files_and_bindings([TINY_GIN], list(bindings))
+
+
+def copy_batch(rng: np.random.Generator, batch_size: int = 32, max_chars: int = 10, length: int = 12) -> dict:
+    """Text batch for a copy task: a random lowercase string (with spaces) -> the same string."""
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz      ", np.uint8)
+    enc = np.zeros((batch_size, length), np.int32)
+    tgt = np.zeros((batch_size, length), np.int32)
+    for i in range(batch_size):
+        n = rng.integers(1, max_chars + 1)
+        ids = VOCAB.encode(bytes(rng.choice(letters, n)).decode()) + [1]
+        enc[i, :len(ids)] = ids
+        tgt[i, :len(ids)] = ids
+    dec_in = np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
+    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt}
+
+
+def pretrain_tiny_llm(path: str, steps: int = 400, seed: int = 0) -> float:
+    """Pretrain the tiny T5 of gin/models/tiny.gin to copy text (everything trainable, same
+    trainer as SLM) and save its params to `path`: a miniature frozen "LLM" foundation.
+    Returns the final loss."""
+    import jax
+    import optax
+    import flax.linen as nn
+    from slm_jax import configs
+    from slm_jax.checkpoints.params_io import save_params
+    from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
+    from slm_jax.task_model import T5TaskModel
+    from slm_jax.trainer import Trainer
+
+    model = T5TaskModel(configs.tiny_slm().llm)
+    part = Partitioner(make_mesh(MeshConfig(data=1), devices=jax.devices()[:1]))
+    trainer = Trainer(model.loss_fn, optax.adamw(optax.warmup_cosine_decay_schedule(0, 1e-2, 20, steps)), part,
+                      model.abstract_params(), trainable_patterns=(".*",))
+    params, _ = trainer.split(nn.meta.unbox(model.init_boxed(jax.random.PRNGKey(seed))))
+    state = trainer.init_state(params)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, {}, copy_batch(rng), jax.random.PRNGKey(0))
+    save_params(path, state.params)
+    return float(metrics["loss"])

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, register_fixed_task
+from helpers import FEATURE_LENGTHS, TINY_GIN, pretrain_tiny_llm, register_fixed_task
 from slm_jax import configs, main
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
@@ -146,15 +146,30 @@ def test_restore_with_other_config_names_the_difference(tmp_path):
         _main(tmp_path, "--gin.train.train_steps=4", "--gin.slm_jax.AdapterConfig.hidden_size=16")
 
 
-def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path):
-    res = _main(tmp_path, "--gin.train.train_steps=300", "--gin.train.log_every=50",
-                "--gin.make_schedule.learning_rate=3e-3", "--gin.make_schedule.warmup_steps=20")
-    assert res["loss"] < 0.05, res
-    greedy = _main(tmp_path, "--gin.run.mode='eval'", "--gin.train.train_steps=300")
-    assert greedy[register_fixed_task()]["wer"] == 0.0
-    beam1 = _main(tmp_path, "--gin.run.mode='eval'", "--gin.train.train_steps=300",
-                  "--gin.DecodeConfig.method='beam'", "--gin.DecodeConfig.beam_size=1",
-                  "--gin.DecodeConfig.alpha=0.0", "--gin.evaluate.tag='_beam1'")
-    pred = lambda tag: open(tmp_path / f"eval/{register_fixed_task()}{tag}_step300.jsonl").read()  # noqa: E731
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A tiny T5 pretrained (by our trainer, everything trainable) to copy text, then frozen."""
+    path = str(tmp_path_factory.mktemp("llm") / "tiny_llm.msgpack")
+    assert pretrain_tiny_llm(path, steps=1500) < 0.2
+    return path
+
+
+def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path, tiny_llm):
+    task = register_fixed_task()
+    llm = f"--gin.setup.llm_checkpoint='{tiny_llm}'"
+    untrained = _main(tmp_path / "untrained", "--gin.run.mode='eval'", llm)[task]["wer"]
+    res = _main(tmp_path, "--gin.train.train_steps=300", "--gin.train.log_every=50", llm,
+                "--gin.make_schedule.learning_rate=1e-2", "--gin.make_schedule.warmup_steps=20")
+    assert res["loss"] < 0.2, res
+    losses = _losses(tmp_path)
+    assert losses[300] < 0.1 * losses[50]
+    greedy = _main(tmp_path, "--gin.run.mode='eval'", llm)
+    assert untrained >= 0.9 and greedy[task]["wer"] == 0.0, (untrained, greedy)
+    beam1 = _main(tmp_path, "--gin.run.mode='eval'", llm, "--gin.DecodeConfig.method='beam'",
+                  "--gin.DecodeConfig.beam_size=1", "--gin.DecodeConfig.alpha=0.0", "--gin.evaluate.tag='_beam1'")
+    pred = lambda tag: (tmp_path / f"eval/{task}{tag}_step300.jsonl").read_text()  # noqa: E731
     assert pred("_beam1") == pred("")
-    assert beam1[register_fixed_task()]["wer"] == 0.0
+    assert beam1[task]["wer"] == 0.0
+    beam4 = _main(tmp_path, "--gin.run.mode='eval'", llm, "--gin.DecodeConfig.method='beam'",
+                  "--gin.DecodeConfig.beam_size=4", "--gin.evaluate.tag='_beam4'")
+    assert beam4[task]["wer"] == 0.0
