@@ -9,6 +9,7 @@ Presets are plain functions returning configs, so scripts and tests can use them
 from __future__ import annotations
 
 import gin
+import jax.numpy as jnp
 
 from slm_jax.models.adapter import AdapterConfig
 from slm_jax.models.conformer import ConformerConfig
@@ -18,6 +19,8 @@ from slm_jax.models.whisper import WhisperEncoderConfig
 
 for _cls in (AdapterConfig, ConformerConfig, SLMConfig, T5Config, WhisperEncoderConfig):
     gin.external_configurable(_cls, module="slm_jax")
+gin.constant("jnp.float32", jnp.float32)
+gin.constant("jnp.bfloat16", jnp.bfloat16)
 
 
 def tiny_slm(adapter_layers: int = 1, vocab_size: int = 259, input_dim: int = 80) -> SLMConfig:

@@ -55,11 +55,12 @@ def test_outputs_invariant_to_padding_and_other_samples(speech_first):
     rng = np.random.default_rng(0)
     feats, fmask, toks = _batch(rng, [40, 23, 9], [5, 2, 7], 48, 8)
     dec = rng.integers(3, 200, size=(3, 6)).astype(np.int32)
-    params = model.init(jax.random.PRNGKey(0), feats, fmask, toks, dec)["params"]
-    base = np.asarray(model.apply({"params": params}, feats, fmask, toks, dec))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), feats, fmask, toks, dec)["params"]
+    apply = jax.jit(model.apply)
+    base = np.asarray(apply({"params": params}, feats, fmask, toks, dec))
 
     # sample 0 alone, without any padding
-    alone = np.asarray(model.apply({"params": params}, feats[:1, :40], fmask[:1, :40], toks[:1, :5], dec[:1]))
+    alone = np.asarray(apply({"params": params}, feats[:1, :40], fmask[:1, :40], toks[:1, :5], dec[:1]))
     np.testing.assert_allclose(alone[0], base[0], atol=1e-5)
 
     # more padding everywhere, garbage in the padded audio frames, another sample changed
@@ -70,7 +71,7 @@ def test_outputs_invariant_to_padding_and_other_samples(speech_first):
     fmask2[1] = 1
     toks2 = np.concatenate([toks, np.zeros((3, 5), np.int32)], axis=1)
     toks2[2, :12] = 5
-    out2 = np.asarray(model.apply({"params": params}, feats2, fmask2, toks2, dec))
+    out2 = np.asarray(apply({"params": params}, feats2, fmask2, toks2, dec))
     np.testing.assert_allclose(out2[0], base[0], atol=1e-5)
     assert np.abs(out2[1] - base[1]).max() > 1e-3  # the changed sample did change
 
@@ -80,8 +81,8 @@ def test_adapter_gradients_flow_and_encoder_is_stopped():
     model = SLM(cfg)
     inputs = dummy_inputs(cfg, batch=2, frames=32)
     inputs["features"] = jax.random.normal(jax.random.PRNGKey(1), inputs["features"].shape)
-    params = model.init(jax.random.PRNGKey(0), **inputs)["params"]
-    grads = jax.grad(lambda p: model.apply({"params": p}, **inputs).sum())(params)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), **inputs)["params"]
+    grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, **inputs).sum()))(params)
     norm = lambda t: float(sum(jnp.abs(x).sum() for x in jax.tree_util.tree_leaves(t)))  # noqa: E731
     assert norm(grads["adapter"]) > 0
     assert norm(grads["speech_encoder"]) == 0.0  # stop_gradient: the encoder is frozen
@@ -117,3 +118,22 @@ def test_paper_size_parameter_counts():
     assert 12.0e9 < counts["llm"] < 14.0e9                  # mT0-XXL: 13B
     assert 0.005 < counts["trainable_fraction"] < 0.02      # adapter ~1% of all parameters
     assert counts["trainable"] == counts["adapter"]
+
+
+def test_gin_configs_parse_and_match_presets():
+    """gin/models/{tiny,paper}.gin are readable configs of the same models as the presets."""
+    import gin
+    from helpers import REPO
+    from slm_jax import main  # noqa: F401  (registers configurables)
+    for name, preset in (("tiny", configs.tiny_slm()), ("paper", configs.paper_slm())):
+        gin.clear_config()
+        gin.parse_config_files_and_bindings([str(REPO / f"gin/models/{name}.gin")], [])
+        model = gin.query_parameter("setup.model").scoped_configurable_fn()
+        cfg = model.config
+        if name == "paper":  # the gin file computes in bfloat16
+            assert cfg.llm.dtype == jnp.bfloat16
+            strip = lambda c: dataclasses.replace(c, dtype=jnp.float32)  # noqa: E731
+            cfg = dataclasses.replace(cfg, speech_encoder=strip(cfg.speech_encoder), adapter=strip(cfg.adapter),
+                                      llm=strip(cfg.llm))
+        assert cfg == preset, name
+    gin.clear_config()
