@@ -134,3 +134,41 @@ class T5TaskModel(EncDecTaskModel):
 
     def llm_params(self, params):
         return params
+
+
+@gin.configurable
+class CTCTaskModel:
+    """Speech-encoder pretraining: Conformer + CTC head on features -> target tokens (the EOS
+    of the target feature is dropped; token 0 is the blank)."""
+
+    def __init__(self, config, vocab_size: int, eos_id: int = 1):
+        from slm_jax.models.ctc import ConformerCTC
+        self.config, self.eos_id = config, eos_id
+        self.module = ConformerCTC(config, vocab_size)
+
+    def init_boxed(self, rng: jax.Array) -> Any:
+        feats = jnp.zeros((1, 64, self.config.input_dim), jnp.float32)
+        return self.module.init(rng, feats, jnp.ones((1, 64), jnp.int32))["params"]
+
+    def abstract_params(self) -> Any:
+        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
+
+    def loss_fn(self, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
+        import optax
+        logits, mask = self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
+                                         deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+        labels = batch["decoder_target_tokens"]
+        valid = (labels > 0) & (labels != self.eos_id)
+        per_seq = optax.ctc_loss(logits, 1.0 - mask.astype(jnp.float32), jnp.where(valid, labels, 0),
+                                 1.0 - valid.astype(jnp.float32))
+        n_labels = valid.sum(-1).astype(jnp.float32)
+        has = (n_labels > 0).astype(jnp.float32)
+        # loss per label token (as the seq2seq losses), so logs are comparable across batches
+        return dict(loss_sum=jnp.sum(per_seq * has), weight_sum=jnp.sum(n_labels),
+                    frames_sum=jnp.sum(mask.astype(jnp.float32)))
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def predict_batch(self, params, batch: Batch) -> jax.Array:
+        from slm_jax.models.ctc import greedy_ctc
+        logits, mask = self.module.apply({"params": params}, batch["features"], batch["feature_mask"])
+        return greedy_ctc(logits, mask)
