@@ -31,10 +31,7 @@ def _dataset_fn(split, shuffle_files, seed=None):
 
 @functools.lru_cache(None)
 def register_fixed_task(name: str = "test_fixed_asr") -> str:
-    import jiwer
-
-    def wer(targets, predictions):
-        return {"wer": jiwer.wer(list(targets), list(predictions))}
+    from slm_jax import metrics
     seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(_dataset_fn, splits=["train", "validation"],
@@ -43,7 +40,7 @@ def register_fixed_task(name: str = "test_fixed_asr") -> str:
         output_features={"speech": seqio.ContinuousFeature(dtype=tf.float32, rank=2),
                          "instruction": seqio.Feature(VOCAB, add_eos=False),
                          "targets": seqio.Feature(VOCAB, add_eos=True)},
-        metric_fns=[wer])
+        metric_fns=[metrics.seqio_wer])
     return name
 
 
