@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from slm_jax import configs  # noqa: F401  (registers gin configurables)
@@ -76,7 +75,7 @@ def setup(run_dir: str, model: SLMTaskModel = gin.REQUIRED, *, trainable_pattern
 @gin.configurable
 def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = 8, train_steps: int = 1000, log_every: int = 10, eval_every: int = 0,
-          seed: int = 0, stop_after: int | None = None) -> dict:
+          seed: int = 0, shuffle: bool = True, stop_after: int | None = None) -> dict:
     """Train the trainable subtree; resumes from the latest checkpoint in run_dir.
     `stop_after` ends the process early at that step (a simulated preemption; the run resumes)."""
     s = setup(run_dir, train_steps=train_steps, seed=seed)
@@ -90,7 +89,7 @@ def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapp
     progress = Progress(train_steps, start)
     s.checkpointer.install_signal_handlers()
     batches = get_batches(train_task, "train", feature_lengths=feature_lengths, batch_size=batch_size,
-                          seed=seed, start_batch=start, shard_index=jax.process_index(),
+                          seed=seed, shuffle=shuffle, start_batch=start, shard_index=jax.process_index(),
                           num_shards=jax.process_count())
     rng = jax.random.PRNGKey(seed + 1)
     pending: list[dict] = []
@@ -246,7 +245,23 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, bindings
 
 
+def init_distributed() -> None:
+    """Start jax.distributed when this is one of several processes, before any device use:
+    explicit SLM_COORDINATOR_ADDRESS / SLM_NUM_PROCESSES / SLM_PROCESS_ID (local or custom
+    launchers), or a multi-task SLURM job / multi-host TPU slice (auto-detected by JAX)."""
+    env = os.environ
+    if env.get("SLM_COORDINATOR_ADDRESS"):
+        if env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(env["SLM_COORDINATOR_ADDRESS"], int(env["SLM_NUM_PROCESSES"]),
+                                   int(env["SLM_PROCESS_ID"]))
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
+    if argv is None:
+        init_distributed()
     files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     for f in files:
         if not os.path.isfile(f):
