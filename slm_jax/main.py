@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -20,7 +20,7 @@ import numpy as np
 
 from slm_jax import configs  # noqa: F401  (registers gin configurables)
 from slm_jax.checkpoints.manager import TrainCheckpointer, state_fingerprint
-from slm_jax.checkpoints.params_io import load_foundation
+from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.progress import MetricsWriter, Progress
@@ -60,10 +60,12 @@ def setup(run_dir: str, model: SLMTaskModel = gin.REQUIRED, *, trainable_pattern
     abstract = nn.meta.unbox(boxed)
     for kind, path in (("speech_encoder", speech_encoder_checkpoint), ("llm", llm_checkpoint)):
         if path:
+            if kind not in abstract:
+                raise ValueError(f"setup: {kind}_checkpoint given but the model has no {kind!r} subtree")
             params = dict(params)
             params[kind] = jax.device_put(load_foundation(path, kind, abstract[kind]), shardings[kind])
     trainable, frozen = trainer.split(params)
-    fingerprint = state_fingerprint(trainer.abstract_trainable, slm=model.config,
+    fingerprint = state_fingerprint(trainer.abstract_trainable, model=model.config,
                                     trainable_patterns=list(trainable_patterns))
     ckpt = TrainCheckpointer(os.path.join(run_dir, "checkpoints"), fingerprint, save_every=save_every,
                              keep=keep, async_save=async_save)
@@ -75,9 +77,16 @@ def setup(run_dir: str, model: SLMTaskModel = gin.REQUIRED, *, trainable_pattern
 @gin.configurable
 def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = 8, train_steps: int = 1000, log_every: int = 10, eval_every: int = 0,
-          seed: int = 0, shuffle: bool = True, stop_after: int | None = None) -> dict:
+          seed: int = 0, shuffle: bool = True, stop_after: int | None = None,
+          input_fn: Callable[..., Iterator[dict]] = get_batches, export_to: str | None = None,
+          export_subtree: str | None = None) -> dict:
     """Train the trainable subtree; resumes from the latest checkpoint in run_dir.
-    `stop_after` ends the process early at that step (a simulated preemption; the run resumes)."""
+
+    input_fn(task, split, feature_lengths=, batch_size=, seed=, shuffle=, start_batch=,
+    shard_index=, num_shards=) yields numpy batches (default: SeqIO via get_batches).
+    `stop_after` ends the process early at that step (a simulated preemption; the run resumes).
+    `export_to`: when training completes, write the (merged) params, or their `export_subtree`,
+    to this msgpack file: how a pretrained foundation is handed to the SLM stage."""
     s = setup(run_dir, train_steps=train_steps, seed=seed)
     state = s.trainer.init_state(s.trainable)
     start = 0
@@ -88,7 +97,7 @@ def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapp
     writer = MetricsWriter(run_dir, "train")
     progress = Progress(train_steps, start)
     s.checkpointer.install_signal_handlers()
-    batches = get_batches(train_task, "train", feature_lengths=feature_lengths, batch_size=batch_size,
+    batches = input_fn(train_task, "train", feature_lengths=feature_lengths, batch_size=batch_size,
                           seed=seed, shuffle=shuffle, start_batch=start, shard_index=jax.process_index(),
                           num_shards=jax.process_count())
     rng = jax.random.PRNGKey(seed + 1)
@@ -117,6 +126,10 @@ def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapp
         s.checkpointer.maybe_save(step, state, force=True)
         s.checkpointer.close()
         writer.close()
+    if export_to and step >= train_steps:
+        params = merge_params(state.params, s.frozen)
+        save_params(export_to, params[export_subtree] if export_subtree else params)
+        print(f"[train] exported {export_subtree or 'params'} to {export_to}", flush=True)
     return {"step": step, **last}
 
 

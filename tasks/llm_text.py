@@ -1,0 +1,110 @@
+"""Text data that makes the miniature LLM foundation mT5/mT0-like, from the same world as the
+speech corpus:
+
+* span corruption (T5's pretraining objective) on world_text renderings in all languages;
+* instruction tuning on text: every spoken-world instruction (transcribe, biasing, translate
+  between all language pairs, QA, digits, compare, add) with the *text* of a record in place of
+  its speech. The encoder input is tokens(text) + tokens(instruction), exactly the layout the
+  SLM gives the frozen LLM with speech embeddings in place of tokens(text).
+
+Items come from a seed disjoint from spoken_world's, so the LLM never sees the speech corpus'
+test sentences as text. Batches are numpy dicts for `T5TaskModel` and are a pure function of
+(seed, batch index): resuming at `start_batch` continues the same stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Iterator, Mapping
+
+import gin
+import numpy as np
+
+from tasks import instruct, spoken_world, vocab as vocab_lib, world_text
+
+TEXT_SEED = {"train": 424242, "validation": 515151, "test": 616161}
+NUM_SENTINELS = 24
+
+
+@functools.lru_cache(maxsize=8)
+def _records(split: str, n_items: int) -> tuple:
+    return tuple(spoken_world.text_records(world_text.generate_items(n_items, TEXT_SEED[split]), f"text-{split}"))
+
+
+def instruction_examples(split: str, n_items: int, makers=None) -> list[tuple[str, str, str, str]]:
+    """(task name, text, instruction, target) for every (record, maker) pair that applies."""
+    makers = makers or instruct.world_makers()
+    out = []
+    for r in _records(split, n_items):
+        for make in makers:
+            ex = make(r)
+            if ex:
+                out.append((make.__name__, r["text"], ex[0], ex[1]))
+    return out
+
+
+def span_corruption(ids: list[int], rng: random.Random, vocab_size: int, noise: float = 0.15,
+                    mean_span: float = 3.0) -> tuple[list[int], list[int]]:
+    """T5 span corruption: replace ~noise of the tokens in spans of mean length mean_span by
+    sentinels (ids vocab_size-1, vocab_size-2, ...); the target lists each sentinel and its span."""
+    n = len(ids)
+    n_noise = max(1, round(n * noise))
+    n_spans = max(1, round(n_noise / mean_span))
+    starts = sorted(rng.sample(range(n), min(n_spans, n)))
+    inputs, targets, i, k = [], [], 0, 0
+    for s in starts:
+        if s < i:
+            continue
+        length = max(1, min(n - s, round(rng.expovariate(1 / mean_span)) or 1))
+        inputs += ids[i:s] + [vocab_size - 1 - k]
+        targets += [vocab_size - 1 - k] + ids[s:s + length]
+        i, k = s + length, k + 1
+        if k >= NUM_SENTINELS:
+            break
+    inputs += ids[i:]
+    return inputs, targets
+
+
+def _pad(rows: list[list[int]], length: int) -> np.ndarray:
+    out = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        r = r[:length]
+        out[i, :len(r)] = r
+    return out
+
+
+@gin.configurable
+def text_batches(task: str = "world_text", split: str = "train", *, feature_lengths: Mapping[str, int],
+                 batch_size: int = 32, seed: int = 0, shuffle: bool = True, start_batch: int = 0,
+                 shard_index: int = 0, num_shards: int = 1, n_items: int = 4000, span_fraction: float = 0.3,
+                 model_vocab_size: int = 1024, **unused) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches for T5TaskModel: a `span_fraction` share of span-corruption examples,
+    the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}."""
+    vocab = vocab_lib.get_vocabulary()
+    if model_vocab_size - NUM_SENTINELS < vocab.vocab_size:
+        raise ValueError(f"text_batches: model_vocab_size {model_vocab_size} leaves no room for "
+                         f"{NUM_SENTINELS} sentinels above the {vocab.vocab_size}-piece vocabulary")
+    examples = instruction_examples(split, n_items)
+    texts = [r["text"] for r in _records(split, n_items)]
+    eos = 1
+    local = batch_size // num_shards
+    b = start_batch
+    while True:
+        rng = random.Random(f"{seed}-{b}")
+        enc, tgt = [], []
+        for _ in range(batch_size):
+            if rng.random() < span_fraction:
+                i, t = span_corruption(vocab.encode(rng.choice(texts)), rng, model_vocab_size)
+            else:
+                _, text, instruction, target = rng.choice(examples)
+                i, t = vocab.encode(text) + vocab.encode(instruction), vocab.encode(target)
+            enc.append(i)
+            tgt.append(t + [eos])
+        enc, tgt = enc[shard_index * local:(shard_index + 1) * local], tgt[shard_index * local:(shard_index + 1) * local]
+        targets = _pad(tgt, feature_lengths["targets"])
+        yield {"encoder_input_tokens": _pad(enc, feature_lengths["inputs"]),
+               "decoder_input_tokens": np.concatenate([np.zeros((local, 1), np.int32), targets[:, :-1]], 1),
+               "decoder_target_tokens": targets,
+               "decoder_loss_weights": (targets > 0).astype(np.int32)}
+        b += 1
