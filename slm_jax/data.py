@@ -13,7 +13,7 @@ are trimmed as in seqio.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -82,24 +82,59 @@ class SLMFeatureConverter(seqio.FeatureConverter):
                 "decoder_loss_weights": task_feature_lengths["targets"]}
 
 
+def _bucket_by_speech_length(ds: tf.data.Dataset, buckets: Sequence[int], max_frames: int, batch_size: int,
+                             drop_remainder: bool) -> tf.data.Dataset:
+    """Group converted examples by valid speech length into batches cut to their bucket bound."""
+    bounds = sorted(int(b) for b in buckets if int(b) < max_frames) + [max_frames]
+    edges = tf.constant(bounds, tf.int32)
+
+    def key(ex):
+        n = tf.reduce_sum(ex["feature_mask"])
+        return tf.cast(tf.reduce_sum(tf.cast(edges < n, tf.int32)), tf.int64)  # first bound >= n
+
+    def reduce(_, window):
+        return window.batch(batch_size, drop_remainder=drop_remainder)
+
+    def trim(batch):
+        n = tf.reduce_max(tf.reduce_sum(batch["feature_mask"], axis=1))
+        bound = tf.gather(edges, tf.reduce_sum(tf.cast(edges < n, tf.int32)))
+        return {**batch, "features": batch["features"][:, :bound], "feature_mask": batch["feature_mask"][:, :bound]}
+
+    ds = ds.group_by_window(key, reduce, window_size=batch_size)
+    return ds.map(trim)
+
+
 @gin.configurable
 def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", *,
                 feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
                 shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
                 start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
-                drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                drop_remainder: bool = True, speech_buckets: Sequence[int] = ()) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of a SeqIO task or mixture through SLMFeatureConverter.
 
     Deterministic for a given seed, so resuming at `start_batch` gives exactly the batches an
     uninterrupted run would have seen. Each host reads shard `shard_index` of `num_shards` and
-    yields its local `batch_size // num_shards` rows."""
+    yields its local `batch_size // num_shards` rows.
+
+    `speech_buckets` (e.g. (200, 400)): batch examples of similar audio length together and pad
+    the batch's frames only to its bucket's bound (the last bucket is feature_lengths["speech"]),
+    so short audio is not padded to the longest; one compiled step per bucket. Single-process
+    only: with several hosts, each host's local batch must have the same shape, so multi-host
+    runs pad every batch to feature_lengths["speech"]."""
     if batch_size % num_shards:
         raise ValueError(f"get_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
+    if speech_buckets and num_shards > 1:
+        raise ValueError("get_batches: speech_buckets needs a single input shard (num_shards=1); "
+                         "hosts would otherwise build batches of different shapes")
     ds = seqio.get_dataset(
         mixture_or_task_name, task_feature_lengths=dict(feature_lengths), feature_converter=SLMFeatureConverter(),
         dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, verbose=False,
         shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
-    ds = ds.batch(batch_size // num_shards, drop_remainder=drop_remainder)
+    local = batch_size // num_shards
+    if speech_buckets:
+        ds = _bucket_by_speech_length(ds, speech_buckets, feature_lengths["speech"], local, drop_remainder)
+    else:
+        ds = ds.batch(local, drop_remainder=drop_remainder)
     if start_batch:
         ds = ds.skip(start_batch)
     return ds.prefetch(2).as_numpy_iterator()

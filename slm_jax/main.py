@@ -6,11 +6,19 @@ Modes (`run.mode`): train, eval, infer. Everything a user tunes is a gin binding
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # `python -m slm_jax.main`: run the module as imported under its package name, so gin
+    # registers each configurable once (not also as __main__.*).
+    from slm_jax.main import main as _entry
+    _entry()
+    sys.exit(0)
+
 import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -150,11 +158,12 @@ def _text(vocab, ids: np.ndarray, eos_id: int) -> str:
 @gin.configurable
 def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: str = "validation",
              feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
-             decode: DecodeConfig = DecodeConfig(), max_examples: int | None = None, setup_: Setup | None = None,
+             decode: DecodeConfig | None = None, max_examples: int | None = None, setup_: Setup | None = None,
              trainable: Any = None, step: int | None = None, tag: str = "") -> dict[str, dict[str, float]]:
     """Decode each task's `split` and score it with the task's metric functions. Writes
     predictions (JSONL) and metrics (JSON, TensorBoard) under run_dir/eval/."""
     import seqio
+    decode = decode or DecodeConfig()  # built here, so --gin.DecodeConfig.* bindings apply
     s = setup_ or setup(run_dir)
     if trainable is None:
         trainable = s.trainable
@@ -209,9 +218,10 @@ def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: s
 @gin.configurable
 def infer(run_dir: str, *, audio_files: Sequence[str] = gin.REQUIRED, instruction: str = "",
           vocabulary: Any = gin.REQUIRED, feature_kind: str = "log_mel", n_mels: int = 80,
-          decode: DecodeConfig = DecodeConfig()) -> list[str]:
+          decode: DecodeConfig | None = None) -> list[str]:
     """Run the trained SLM on audio files with a text instruction; prints and returns outputs."""
     from slm_jax.features import compute_features, load_audio
+    decode = decode or DecodeConfig()
     s = setup(run_dir)
     trainable = s.trainable
     if s.checkpointer.latest_step() is not None:
@@ -237,7 +247,8 @@ def infer(run_dir: str, *, audio_files: Sequence[str] = gin.REQUIRED, instructio
 @gin.configurable
 def run(mode: str = "train", run_dir: str = gin.REQUIRED) -> Any:
     """Dispatch to a mode."""
-    modes = {"train": train, "eval": evaluate, "infer": infer}
+    from slm_jax.demo import run_demo
+    modes = {"train": train, "eval": evaluate, "infer": infer, "demo": run_demo}
     if mode not in modes:
         raise ValueError(f"run.mode must be one of {sorted(modes)}, got {mode!r}")
     return modes[mode](run_dir)
@@ -280,10 +291,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if not os.path.isfile(f):
             raise SystemExit(f"gin file not found: {f}")
     gin.clear_config()
-    gin.parse_config_files_and_bindings(files, bindings)
+    gin.add_config_file_search_path(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
     logging.basicConfig(level=logging.WARNING)
     return run()
 
-
-if __name__ == "__main__":
-    main()

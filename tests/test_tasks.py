@@ -1,0 +1,372 @@
+"""Tasks, mixtures and corpora (tasks/): tiny builds in a temporary data dir, every tiny task
+and mixture through SLMFeatureConverter, honest example counts and mixture rates, manifests
+with bad rows, held-out voices, determinism, FSDD (skipped when absent)."""
+
+import collections
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import seqio
+import soundfile
+import tensorflow as tf
+
+import tasks
+from slm_jax import features as features_lib
+from slm_jax.data import SLMFeatureConverter, get_batches
+from tasks import common, fsdd, local_manifest, spoken_world, vocab, world_text
+
+LENGTHS = {"speech": 800, "instruction": 48, "targets": 48}
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A fresh SLM_DATA_DIR with spoken_world/tiny built in it."""
+    d = tmp_path_factory.mktemp("slm_data")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLM_DATA_DIR", str(d))
+    spoken_world.prepare("tiny", verbose=False)
+    yield d
+    mp.undo()
+
+
+def _stored(data_dir_path, split):
+    """{id: example} of a built tiny split, numpy, strings decoded."""
+    b = spoken_world.builder("tiny", data_dir_path)
+    out = {}
+    for ex in b.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
+        ex = tf.nest.map_structure(common._to_py, ex)
+        out[ex["id"]] = ex
+    return out
+
+
+def _tiny_tasks():
+    return sorted(n for n in seqio.TaskRegistry.names() if n.startswith("spoken_world_tiny_"))
+
+
+def _tiny_mixtures():
+    return sorted(n for n in seqio.MixtureRegistry.names() if n.startswith("spoken_world_tiny_"))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def test_world_text_aligned_and_deterministic():
+    a, b = world_text.generate_items(40, seed=3), world_text.generate_items(40, seed=3)
+    assert [x.as_dict() for x in a] == [x.as_dict() for x in b]
+    assert [x.as_dict() for x in a] != [x.as_dict() for x in world_text.generate_items(40, seed=4)]
+    assert {x.kind for x in a} == set(world_text.KINDS)
+    for item in a:
+        assert set(item.texts) == set(world_text.LANGUAGES) and all(t.strip() for t in item.texts.values())
+        if item.kind in ("number", "year"):
+            assert item.written == str(item.value)
+        if item.kind == "number":
+            assert item.texts["fr"] == world_text.cardinal(item.value, "fr")
+        if item.kind == "sentence":  # the slots are said in every language
+            s = item.slots
+            for lang in world_text.LANGUAGES:
+                assert world_text.cardinal(int(s["count"]), lang) in item.texts[lang].lower()
+                assert world_text.colour_text(s["colour"], s["object"], lang) in item.texts[lang]
+                assert world_text.object_text(s["object"], lang) in item.texts[lang]
+
+
+def test_registered_names():
+    names = set(seqio.TaskRegistry.names())
+    for size in ("tiny", "demo"):
+        for t in ["asr_en", "asr_fr", "asr_de", "asr_es", "ast_fr_en", "ast_en_fr", "biasing_de", "qa", "digits",
+                  "compare", "add"]:
+            assert f"spoken_world_{size}_{t}" in names
+        for m in ["asr", "asr_ast", "instruct", "all"]:
+            assert f"spoken_world_{size}_{m}" in seqio.MixtureRegistry.names()
+    assert "librispeech_asr_en" in names  # registered, never touched here
+    metric_names = lambda n: sorted(f.__name__ for f in seqio.get_mixture_or_task(n).metric_fns)
+    assert metric_names("spoken_world_tiny_asr_en") == ["seqio_cer", "seqio_wer"]
+    assert metric_names("spoken_world_tiny_ast_fr_en") == ["seqio_bleu", "seqio_chrf"]
+    assert metric_names("spoken_world_tiny_qa") == ["seqio_exact_match"]
+    pytest.importorskip("slm_jax.metrics")
+    scores = {}
+    for name in ("spoken_world_tiny_asr_en", "spoken_world_tiny_qa"):
+        for fn in seqio.get_mixture_or_task(name).metric_fns:
+            scores.update(fn(["red car", "blue"], ["red car", "green"]))
+    assert scores["wer"] == pytest.approx(1 / 3) and scores["exact_match"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- spoken_world build
+
+
+def test_tiny_build_determinism_and_heldout_voices(data_dir, tmp_path):
+    other = spoken_world.prepare("tiny", data_dir=tmp_path / "tfds", verbose=False)
+    for split, pool in spoken_world.VOICE_POOLS.items():
+        first, second = _stored(common.tfds_dir(), split), _stored(tmp_path / "tfds", split)
+        assert sorted(first) == sorted(second)
+        plan = {r["id"]: r for r in spoken_world.plan(spoken_world.CONFIGS["tiny"], split)}
+        assert sorted(first) == sorted(plan)
+        for uid, ex in first.items():
+            np.testing.assert_array_equal(ex["audio"], second[uid]["audio"])
+            assert {k: v for k, v in ex.items() if k != "audio"} == plan[uid]  # stored records == plan
+            assert ex["voice"] in pool
+            seconds = ex["audio"].size / 16000
+            assert 0.3 < seconds < 8 and np.abs(ex["audio"]).max() > 1000, (uid, seconds)
+        assert 10 <= len(first) <= 100  # "a few dozen"
+    voices = {s: {ex["voice"] for ex in _stored(common.tfds_dir(), s).values()} for s in spoken_world.SPLITS}
+    assert not voices["train"] & voices["test"] and not voices["train"] & voices["validation"]
+    assert not voices["validation"] & voices["test"]
+
+
+def test_counts_match_pipeline(data_dir):
+    """num_input_examples (counted from the plan) == what each task's pipeline yields."""
+    for name in _tiny_tasks():
+        task = seqio.get_mixture_or_task(name)
+        n = sum(1 for _ in task.source.get_dataset("validation", shuffle=False))
+        assert n == task.num_input_examples("validation") > 0, name
+    # all splits: the make functions see the same records in the plan and in the stored data
+    for split in spoken_world.SPLITS:
+        stored = [{k: v for k, v in ex.items() if k != "audio"} for ex in _stored(common.tfds_dir(), split).values()]
+        for name in _tiny_tasks():
+            src = seqio.get_mixture_or_task(name).source
+            assert sum(src.make(r) is not None for r in stored) == src.num_input_examples(split), (name, split)
+
+
+def test_stale_build_is_detected(data_dir, tmp_path, monkeypatch):
+    """A build made from other text than the code lists now is refused, naming its folder."""
+    monkeypatch.setenv("SLM_DATA_DIR", str(tmp_path))
+    b = spoken_world.prepare("tiny", verbose=False)
+    meta = os.path.join(b.data_dir, "metadata.json")
+    with open(meta) as f:
+        fingerprints = json.load(f)
+    with open(meta, "w") as f:  # as if built by code listing other utterances
+        json.dump({**fingerprints, "plan_train": "0123456789abcdef"}, f)
+    with pytest.raises(RuntimeError, match=r"spoken_world/tiny.*delete that folder"):
+        spoken_world.SpokenWorldCorpus("tiny").load("train", shuffle=False, seed=None, shard_info=None)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_tf_log_mel_matches_numpy_front_end(data_dir):
+    """The pipeline's TensorFlow front ends equal slm_jax.features: log-mel to 1e-6 (float64
+    inside both; bit-identical in practice), w2v-BERT fbank to 1e-4."""
+    rng = np.random.default_rng(0)
+    utterance = next(iter(_stored(common.tfds_dir(), "test").values()))["audio"].astype(np.float32) / 32768
+    noise = (0.1 * rng.standard_normal(16000 + 77)).astype(np.float32)
+    noise[:5000] *= 1e-5  # near-silence exercises the clamp
+    for audio in (utterance, noise, noise[:201]):
+        ref = features_lib.log_mel(audio)
+        got = common.tf_whisper_log_mel(tf.constant(audio)).numpy()
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    for audio in (utterance, noise):  # w2v-BERT fbank: normalisation sums in another order
+        np.testing.assert_allclose(common.tf_w2v_bert_fbank(tf.constant(audio)).numpy(),
+                                   features_lib.w2v_bert_fbank(audio), rtol=0, atol=1e-4)
+    ref30 = features_lib.whisper_log_mel(noise, pad_to_30s=True)
+    np.testing.assert_allclose(common.tf_whisper_log_mel(tf.constant(noise), pad_to_30s=True).numpy(), ref30,
+                               rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- feature converter
+
+
+def _check_batch(batch, bs, lengths=LENGTHS):
+    assert batch["features"].shape == (bs, lengths["speech"], 80) and batch["features"].dtype == np.float32
+    for k, n in [("feature_mask", lengths["speech"]), ("instruction_tokens", lengths["instruction"]),
+                 ("decoder_input_tokens", lengths["targets"]), ("decoder_target_tokens", lengths["targets"]),
+                 ("decoder_loss_weights", lengths["targets"])]:
+        assert batch[k].shape == (bs, n) and batch[k].dtype == np.int32, k
+    frames = batch["feature_mask"].sum(1)
+    assert (frames > 20).all()
+    for i in range(bs):  # features are finite where valid and zero-padded after
+        assert np.isfinite(batch["features"][i, :frames[i]]).all()
+        assert not batch["features"][i, frames[i]:].any()
+        tgt_len = batch["decoder_loss_weights"][i].sum()
+        assert tgt_len >= 2 and batch["decoder_target_tokens"][i, tgt_len - 1] == EOS
+        np.testing.assert_array_equal(batch["decoder_input_tokens"][i, 1:tgt_len],
+                                      batch["decoder_target_tokens"][i, :tgt_len - 1])
+
+
+def test_every_tiny_task_and_mixture_batches(data_dir):
+    v = vocab.get_vocabulary()
+    for name in _tiny_tasks() + _tiny_mixtures():
+        batch = next(get_batches(name, "train", feature_lengths=LENGTHS, batch_size=2, shuffle=False))
+        _check_batch(batch, 2)
+        assert (batch["instruction_tokens"].sum(1) > 0).all(), name
+    task = seqio.get_mixture_or_task("spoken_world_tiny_ast_de_en")
+    ex = next(task.get_dataset(LENGTHS, split="train", shuffle=False).as_numpy_iterator())
+    rec = {r["id"]: r for r in spoken_world.plan(spoken_world.CONFIGS["tiny"], "train")}[ex["id"].decode()]
+    assert v.decode(ex["targets"].tolist()) == rec["translations"]["en"] and rec["language"] == "de"
+    assert v.decode(ex["instruction"].tolist()) == "Translate the speech into English."
+
+
+def test_too_long_speech_is_an_error_naming_the_utterance(data_dir):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"utterance.*train-0000"):
+        next(get_batches("spoken_world_tiny_asr_en", "train", feature_lengths={**LENGTHS, "speech": 30},
+                         batch_size=2, shuffle=False))
+
+
+def test_new_task_registered_here_is_usable_by_name(data_dir):
+    name = "spoken_world_tiny_kind_test"
+    tasks.register_task(name, tasks.SpokenWorldCorpus("tiny"),
+                        lambda r: ("What kind of thing is spoken?", r["kind"]) if r["language"] == "en" else None,
+                        tasks.METRICS["exact_match"], replace=True)
+    assert seqio.get_mixture_or_task(name).num_input_examples("train") == spoken_world.CONFIGS["tiny"].train_items
+    batch = next(get_batches(name, "train", feature_lengths=LENGTHS, batch_size=4, shuffle=False))
+    _check_batch(batch, 4)
+    v = vocab.get_vocabulary()
+    kinds = {v.decode([t for t in row if t > EOS]) for row in batch["decoder_target_tokens"]}
+    assert kinds <= set(world_text.KINDS) and kinds
+
+
+def test_process_exits_with_live_iterators(data_dir):
+    """Iterators still alive at interpreter exit must not hang it (a tf.numpy_function in
+    flight at exit deadlocks the iterator's destructor: the pipelines avoid them)."""
+    import subprocess
+    import sys
+    code = ("import tasks\nfrom slm_jax.data import get_batches\n"
+            f"L = {LENGTHS!r}\n"
+            "its = [get_batches(n, 'train', feature_lengths=L, batch_size=2) for n in "
+            "('spoken_world_tiny_all', 'spoken_world_tiny_qa')]\n"
+            "[next(i) for i in its]\nprint('batched', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(common.REPO_ROOT), capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(common.REPO_ROOT)})
+    assert proc.returncode == 0 and "batched" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_makers_tf_form_matches_python():
+    """Corpora without a listing (LibriSpeech) run asr_maker's TensorFlow form: same output."""
+    from tasks import asr
+    rows = [{"id": "a", "language": "en", "text": "hello there"}, {"id": "b", "language": "fr", "text": "salut"},
+            {"id": "c", "language": "en", "text": "  "}]
+    ds = tf.data.Dataset.from_tensor_slices({k: [r[k] for r in rows] for k in rows[0]})
+    ds = ds.map(lambda ex: {**ex, "audio": tf.zeros([400], tf.int16)})
+    make = asr.asr_maker("en")
+    got = [(ex["id"].decode(), ex["instruction"].decode(), ex["targets"].decode())
+           for ex in common.apply_make(ds, make, "t").as_numpy_iterator()]
+    assert got == [(r["id"], *make(r)) for r in rows if make(r) is not None] == [
+        ("a", "Transcribe the speech.", "hello there")]
+
+
+# ----------------------------------------------------------------------------- mixtures
+
+
+def test_mixture_rates_follow_example_counts(data_dir):
+    name = "spoken_world_tiny_all"
+    mix = seqio.get_mixture_or_task(name)
+    counts = {t.name: t.num_input_examples("train") for t in mix.tasks}
+    total = sum(counts.values())
+    expected = {k: c / total for k, c in counts.items()}
+    assert common.mixture_rates(name) == pytest.approx(expected, rel=1e-9)
+    # tempered variant: rates proportional to counts ** (1/2)
+    common.register_mixture("spoken_world_tiny_all_t2_test", list(counts), temperature=2.0, replace=True)
+    tempered = common.mixture_rates("spoken_world_tiny_all_t2_test")
+    z = sum(math.sqrt(c) for c in counts.values())
+    assert tempered == pytest.approx({k: math.sqrt(c) / z for k, c in counts.items()}, rel=1e-9)
+
+    n = 2000  # (shuffle=False: the tasks' own shuffle buffers would featurise far more than n examples)
+    ds = mix.get_dataset(LENGTHS, split="train", shuffle=False, seed=1, num_epochs=None,
+                         passthrough_features=["task"])
+    seen = collections.Counter(t.decode() for t in ds.map(lambda ex: ex["task"]).take(n).as_numpy_iterator())
+    # tolerance: 4.5 binomial standard deviations (+0.002) per task
+    for task, p in expected.items():
+        tol = 4.5 * math.sqrt(p * (1 - p) / n) + 0.002
+        assert abs(seen[task] / n - p) <= tol, (task, seen[task] / n, p, tol)
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def test_world_vocabulary_deterministic_with_t5_ids(data_dir, tmp_path):
+    v = vocab.get_vocabulary()
+    assert (v.pad_id, v.eos_id, v.unk_id, v.vocab_size) == (0, 1, 2, vocab.VOCAB_SIZE)
+    again = vocab.world_spm_path(vocab.VOCAB_SIZE, str(tmp_path))  # trained afresh elsewhere
+    assert again.read_bytes() == open(v.sentencepiece_model_file, "rb").read()
+    for s in vocab.training_sentences()[::97] + ["Übermäßig ñ ç 42!"]:
+        assert v.decode(v.encode(s)) == s
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def _wav(path, sr=16000, seconds=0.5, channels=1):
+    t = np.arange(int(sr * seconds)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 220 * t)
+    soundfile.write(path, np.stack([x] * channels, 1) if channels > 1 else x, sr, subtype="PCM_16")
+
+
+def test_manifest_bad_rows_are_named_and_good_rows_load(data_dir, tmp_path):
+    (tmp_path / "audio").mkdir()
+    _wav(tmp_path / "audio" / "good16k.wav")
+    _wav(tmp_path / "audio" / "good8k.wav", sr=8000)
+    _wav(tmp_path / "audio" / "rate7k.wav", sr=7000)
+    _wav(tmp_path / "audio" / "stereo.wav", channels=2)
+    (tmp_path / "audio" / "garbage.wav").write_bytes(b"not a wav file at all")
+    rows = [
+        ("audio/good16k.wav", "en", "hello world", "bonjour le monde", "fr"),
+        ("audio/missing.wav", "en", "lost", "", ""),
+        ("audio/good8k.wav", "fr", "bonjour", "hello", ""),
+        ("audio/rate7k.wav", "en", "odd rate", "", ""),
+        ("audio/good16k.wav", "en", "  ", "", ""),
+        ("audio/garbage.wav", "en", "garbage", "", ""),
+        ("audio/stereo.wav", "en", "two channels", "", ""),
+    ]
+    tsv = tmp_path / "manifest.tsv"
+    tsv.write_text("audio\tlanguage\ttranscript\ttranslation\ttranslation_language\n"
+                   + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.warns(local_manifest.ManifestWarning) as w:
+        names = local_manifest.register_manifest("test_manifest", tsv, replace=True)
+    msg = str(w[0].message)
+    assert "5 of 7 rows skipped" in msg
+    for line, file, reason in [(3, "missing.wav", "not found"), (5, "rate7k.wav", "unsupported sample rate 7000"),
+                               (6, "good16k.wav", "empty transcript"), (7, "garbage.wav", "unreadable audio"),
+                               (8, "stereo.wav", "2 channels")]:
+        assert any(f"row {line} (" in ln and file in ln and reason in ln for ln in msg.splitlines()), (line, msg)
+    assert names == ["test_manifest_asr", "test_manifest_ast"]
+    asr_task = seqio.get_mixture_or_task("test_manifest_asr")
+    assert asr_task.num_input_examples("train") == 2
+    v = vocab.get_vocabulary()
+    batch = next(get_batches("test_manifest_asr", "train", feature_lengths=LENGTHS, batch_size=2, shuffle=False))
+    _check_batch(batch, 2)
+    assert batch["feature_mask"].sum(1).tolist() == [50, 50]  # 0.5 s at 100 frames/s, 8 kHz resampled
+    assert sorted(v.decode([t for t in r if t > EOS]) for r in batch["decoder_target_tokens"]) == ["bonjour",
+                                                                                                   "hello world"]
+    ast = next(seqio.get_mixture_or_task("test_manifest_ast").get_dataset(LENGTHS, "train", shuffle=False)
+               .as_numpy_iterator())
+    assert v.decode(ast["instruction"].tolist()) == "Translate the speech into French."
+
+    # a split too long to hold in memory is streamed from disk: same audio, same features
+    corpus = seqio.get_mixture_or_task("test_manifest_asr").source.corpus
+    held = {ex["id"]: ex["audio"] for ex in corpus.load("train", shuffle=False, seed=None, shard_info=None)
+            .as_numpy_iterator()}
+    streamed = local_manifest.ManifestCorpus(tsv)
+    streamed.max_in_memory_hours = 0.0
+    with pytest.warns(local_manifest.ManifestWarning):
+        for ex in streamed.load("train", shuffle=False, seed=None, shard_info=None).as_numpy_iterator():
+            np.testing.assert_allclose(ex["audio"], held[ex["id"]] / 32768.0, atol=1 / 32768)
+
+    with pytest.raises(local_manifest.ManifestError, match=r"row 5 \(.*rate7k.wav\)"):
+        local_manifest.read_manifest(tsv, strict=True)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"audio": "audio/good16k.wav", "language": "en", "transcript": "hi", "split": "test"})
+                     + "\n{broken\n", encoding="utf-8")
+    with pytest.warns(local_manifest.ManifestWarning, match=r"row 2 .*invalid JSON"):
+        m = local_manifest.read_manifest(jsonl)
+    assert [r["split"] for r in m.records] == ["test"]
+
+
+# ----------------------------------------------------------------------------- FSDD
+
+
+@pytest.mark.skipif(fsdd.fsdd_dir() is None, reason="FSDD recordings not found (../shared/data/fsdd)")
+def test_fsdd_eval_tasks():
+    assert tasks.FSDD_TASKS == ["fsdd_asr_en", "fsdd_digits"]
+    task = seqio.get_mixture_or_task("fsdd_asr_en")
+    assert task.splits == ("test",) and task.num_input_examples("test") == len(
+        [f for f in os.listdir(fsdd.fsdd_dir()) if f.endswith(".wav")])
+    v = vocab.get_vocabulary()
+    words = {world_text.cardinal(d, "en"): d for d in range(10)}
+    for name in ("fsdd_asr_en", "fsdd_digits"):
+        batch = next(get_batches(name, "test", feature_lengths=LENGTHS, batch_size=4, shuffle=False))
+        _check_batch(batch, 4)
+        targets = [v.decode([t for t in r if t > EOS]) for r in batch["decoder_target_tokens"]]
+        assert all((t in words) if name == "fsdd_asr_en" else t in "0123456789" for t in targets), targets
