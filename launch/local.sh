@@ -7,7 +7,8 @@
 set -euo pipefail
 
 PROG=local.sh
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -34,67 +35,34 @@ Example (2 processes x 4 simulated CPU devices = an 8-device mesh):
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run 'launch/%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-info() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-quote_cmd() {
-  local out="" w
-  for w in "$@"; do out+="${out:+ }$(printf '%q' "$w")"; done
-  printf '%s' "$out"
-}
-
 # ----------------------------------------------------------------------------- arguments
 
-PROCESSES=1 DEVICES="" PORT=23456 PYTHON="" LOG_DIR="" RUN_DIR="" DRY_RUN=0
-GIN_FILES=() GIN_BINDINGS=()
+PROCESSES=1 DEVICES="" PORT=23456 PYTHON="" LOG_DIR=""
 
-while (( $# )); do
-  arg=$1
-  case $arg in
-    -h|--help) usage; exit 0 ;;
-    --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
-    --gin.*=*) GIN_BINDINGS+=("$arg"); shift; continue ;;
-    --gin.*) die "gin binding needs a value: $arg (use --gin.NAME=VALUE)" ;;
-    --*=*) opt=${arg%%=*} val=${arg#*=}; shift ;;
-    --*)
-      opt=$arg
-      [[ $# -ge 2 && $2 != -* ]] || die "option $opt needs a value (use $opt=VALUE for values starting with '-')"
-      val=$2; shift 2 ;;
-    *) die "unexpected argument: $arg" ;;
-  esac
-  case $opt in
-    --gin_file) GIN_FILES+=("$val") ;;
-    --run_dir) RUN_DIR=$val ;;
-    --processes) PROCESSES=$val ;;
-    --devices_per_process) DEVICES=$val ;;
-    --port) PORT=$val ;;
-    --python) PYTHON=$val ;;
-    --log_dir) LOG_DIR=$val ;;
-    *) die "unknown option: $opt" ;;
-  esac
-done
+parse_flag() { return 1; }  # none
 
-(( ${#GIN_FILES[@]} )) || die "missing required option --gin_file"
+parse_option() {
+  case $1 in
+    --processes) PROCESSES=$2 ;;
+    --devices_per_process) DEVICES=$2 ;;
+    --port) PORT=$2 ;;
+    --log_dir) LOG_DIR=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
+parse_args "$@"
+require_gin_files
 [[ $PROCESSES =~ ^[1-9][0-9]*$ ]] || die "--processes must be a positive integer, got: $PROCESSES"
 [[ -z $DEVICES || $DEVICES =~ ^[1-9][0-9]*$ ]] || die "--devices_per_process must be a positive integer, got: $DEVICES"
 [[ $PORT =~ ^[1-9][0-9]*$ && $PORT -lt 65536 ]] || die "--port must be a TCP port number, got: $PORT"
 for f in "${GIN_FILES[@]}"; do [[ -f $f ]] || die "--gin_file not found: $f"; done
-if [[ -n $RUN_DIR ]]; then
-  [[ $RUN_DIR != *"'"* && $RUN_DIR != *\\* ]] || die "--run_dir must not contain quotes or backslashes: $RUN_DIR"
-fi
-if [[ -z $PYTHON ]]; then
-  if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
-fi
+check_run_dir
+default_python
 [[ -n $LOG_DIR ]] || LOG_DIR="logs/local_$(date +%Y%m%d_%H%M%S)"
 
-MAIN=("$PYTHON" -m slm_jax.main)
-for f in "${GIN_FILES[@]}"; do MAIN+=("--gin_file=$f"); done
-[[ -n $RUN_DIR ]] && MAIN+=("--gin.run.run_dir='$RUN_DIR'")
-MAIN+=(${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"})
+main_args
+MAIN=("$PYTHON" -m slm_jax.main "${MAIN_ARGS[@]}")
 
 # The command of process $1, as words: env VAR=... python -m slm_jax.main ...
 process_cmd() {

@@ -8,7 +8,8 @@
 set -euo pipefail
 
 PROG=slurm.sh
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -45,94 +46,62 @@ Example:
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run 'launch/%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-info() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-quote_cmd() {
-  local out="" w
-  for w in "$@"; do out+="${out:+ }$(printf '%q' "$w")"; done
-  printf '%s' "$out"
-}
-
 # ----------------------------------------------------------------------------- arguments
 
-NODES=1 GPUS=8 PER_GPU=0 JOB_NAME=slm_jax PYTHON="" SETUP="" LOG_DIR="" RUN_DIR=""
-DRY_RUN=0 SRUN_MODE=0
-GIN_FILES=() GIN_BINDINGS=() SBATCH_LINES=() SRUN_ARGS=() ENVS=()
+NODES=1 GPUS=8 PER_GPU=0 JOB_NAME=slm_jax PYTHON="" SETUP="" LOG_DIR="" SRUN_MODE=0
+SBATCH_LINES=() SRUN_ARGS=() ENVS=()
 
-while (( $# )); do
-  arg=$1
-  case $arg in
-    -h|--help) usage; exit 0 ;;
-    --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
-    --per_gpu) PER_GPU=1; shift; continue ;;
-    --srun) SRUN_MODE=1; shift; continue ;;
-    --gin.*=*) GIN_BINDINGS+=("$arg"); shift; continue ;;
-    --gin.*) die "gin binding needs a value: $arg (use --gin.NAME=VALUE)" ;;
-    --*=*) opt=${arg%%=*} val=${arg#*=}; shift ;;
-    --*)
-      opt=$arg
-      [[ $# -ge 2 && $2 != -* ]] || die "option $opt needs a value (use $opt=VALUE for values starting with '-')"
-      val=$2; shift 2 ;;
-    *) die "unexpected argument: $arg" ;;
+parse_flag() {
+  case $1 in
+    --per_gpu) PER_GPU=1 ;;
+    --srun) SRUN_MODE=1 ;;
+    *) return 1 ;;
   esac
-  case $opt in
-    --gin_file) GIN_FILES+=("$val") ;;
-    --run_dir) RUN_DIR=$val ;;
-    --nodes) NODES=$val ;;
-    --gpus_per_node) GPUS=$val ;;
-    --job_name) JOB_NAME=$val ;;
-    --partition|--account|--qos|--time|--mem) SBATCH_LINES+=("$opt=$val") ;;
-    --cpus_per_task) SBATCH_LINES+=("--cpus-per-task=$val") ;;
-    --sbatch_arg) SBATCH_LINES+=("$val") ;;
-    --srun_arg) SRUN_ARGS+=("$val") ;;
-    --repo) REPO=$val ;;
-    --python) PYTHON=$val ;;
-    --setup) SETUP=$val ;;
-    --env) ENVS+=("$val") ;;
-    --log_dir) LOG_DIR=$val ;;
-    *) die "unknown option: $opt" ;;
-  esac
-done
+}
 
-(( ${#GIN_FILES[@]} )) || die "missing required option --gin_file"
+parse_option() {
+  case $1 in
+    --nodes) NODES=$2 ;;
+    --gpus_per_node) GPUS=$2 ;;
+    --job_name) JOB_NAME=$2 ;;
+    --partition|--account|--qos|--time|--mem) SBATCH_LINES+=("$1=$2") ;;
+    --cpus_per_task) SBATCH_LINES+=("--cpus-per-task=$2") ;;
+    --sbatch_arg) SBATCH_LINES+=("$2") ;;
+    --srun_arg) SRUN_ARGS+=("$2") ;;
+    --repo) REPO=$2 ;;
+    --setup) SETUP=$2 ;;
+    --env) ENVS+=("$2") ;;
+    --log_dir) LOG_DIR=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
+parse_args "$@"
+require_gin_files
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer, got: $NODES"
 [[ $GPUS =~ ^[0-9]+$ ]] || die "--gpus_per_node must be a non-negative integer, got: $GPUS"
 (( PER_GPU && GPUS == 0 )) && die "--per_gpu needs --gpus_per_node > 0"
-[[ -d $REPO ]] || die "--repo is not a directory: $REPO"
-REPO=$(cd "$REPO" && pwd)
+resolve_repo
 [[ $JOB_NAME =~ ^[A-Za-z0-9._-]+$ ]] || die "--job_name must be letters, digits, '.', '_' or '-': $JOB_NAME"
 for line in ${SBATCH_LINES[@]+"${SBATCH_LINES[@]}"}; do
   [[ $line == --* && $line != *[[:space:]]* ]] || die "#SBATCH options must look like --opt=value with no spaces: $line"
 done
-for e in ${ENVS[@]+"${ENVS[@]}"}; do
-  [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs NAME=VALUE, got: $e"
-done
+check_envs
 for f in "${GIN_FILES[@]}"; do
   if [[ $f == /* ]]; then [[ -f $f ]] || die "--gin_file not found: $f"
   else [[ -f $REPO/$f ]] || die "--gin_file not found in the repo: $REPO/$f"
   fi
 done
-if [[ -n $RUN_DIR ]]; then
-  [[ $RUN_DIR != *"'"* && $RUN_DIR != *\\* ]] || die "--run_dir must not contain quotes or backslashes: $RUN_DIR"
-fi
-if [[ -z $PYTHON ]]; then
-  if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
-fi
+check_run_dir
+default_python
 [[ -n $LOG_DIR ]] || LOG_DIR=$REPO/logs
 SCRIPT=$LOG_DIR/$JOB_NAME.sbatch
 
 # ----------------------------------------------------------------------------- the sbatch script
 
 if (( PER_GPU )); then TASKS=$GPUS; else TASKS=1; fi
-MAIN=("$PYTHON" -m slm_jax.main)
-for f in "${GIN_FILES[@]}"; do MAIN+=("--gin_file=$f"); done
-[[ -n $RUN_DIR ]] && MAIN+=("--gin.run.run_dir='$RUN_DIR'")
-MAIN+=(${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"})
+main_args
+MAIN=("$PYTHON" -m slm_jax.main "${MAIN_ARGS[@]}")
 SRUN=(srun --nodes="$NODES" --ntasks-per-node="$TASKS" --kill-on-bad-exit=1 ${SRUN_ARGS[@]+"${SRUN_ARGS[@]}"})
 
 write_script() {

@@ -6,7 +6,8 @@
 set -euo pipefail
 
 PROG=tpu_pod.sh
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -51,20 +52,6 @@ Example:
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run 'launch/%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-info() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-# One shell-quoted command line (printf %q for every word): what --dry-run prints, copy-pasteable.
-quote_cmd() {
-  local out="" w
-  for w in "$@"; do out+="${out:+ }$(printf '%q' "$w")"; done
-  printf '%s' "$out"
-}
-
 # Run a command, or print it in dry-run mode.
 run() {
   if (( DRY_RUN )); then
@@ -87,64 +74,53 @@ default_version() {
 
 # ----------------------------------------------------------------------------- arguments
 
-NAME="" ZONE="" PROJECT="" ACCELERATOR="" VERSION="" RUN_DIR="" LOG="" PYTHON="python3"
+NAME="" ZONE="" PROJECT="" ACCELERATOR="" VERSION="" LOG="" PYTHON="python3"
 REMOTE_DIR="slm_jax" INSTALL="pip" INSTALL_CMD=""
-DRY_RUN=0 REUSE=0 DELETE=0 STOP=0 SPOT=0
-GIN_FILES=() GIN_BINDINGS=() CREATE_ARGS=() SSH_FLAGS=() ENVS=()
+REUSE=0 DELETE=0 STOP=0 SPOT=0
+CREATE_ARGS=() SSH_FLAGS=() ENVS=()
 
-while (( $# )); do
-  arg=$1
-  case $arg in
-    -h|--help) usage; exit 0 ;;
-    --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
-    --reuse) REUSE=1; shift; continue ;;
-    --delete) DELETE=1; shift; continue ;;
-    --stop) STOP=1; shift; continue ;;
-    --spot) SPOT=1; shift; continue ;;
-    --gin.*=*) GIN_BINDINGS+=("$arg"); shift; continue ;;
-    --gin.*) die "gin binding needs a value: $arg (use --gin.NAME=VALUE)" ;;
-    --*=*) opt=${arg%%=*} val=${arg#*=}; shift ;;
-    --*)
-      opt=$arg
-      [[ $# -ge 2 && $2 != -* ]] || die "option $opt needs a value (use $opt=VALUE for values starting with '-')"
-      val=$2; shift 2 ;;
-    *) die "unexpected argument: $arg" ;;
+parse_flag() {
+  case $1 in
+    --reuse) REUSE=1 ;;
+    --delete) DELETE=1 ;;
+    --stop) STOP=1 ;;
+    --spot) SPOT=1 ;;
+    *) return 1 ;;
   esac
-  case $opt in
-    --name) NAME=$val ;;
-    --zone) ZONE=$val ;;
-    --project) PROJECT=$val ;;
-    --accelerator) ACCELERATOR=$val ;;
-    --version) VERSION=$val ;;
-    --gin_file) GIN_FILES+=("$val") ;;
-    --run_dir) RUN_DIR=$val ;;
-    --create_arg) CREATE_ARGS+=("$val") ;;
-    --ssh_flag) SSH_FLAGS+=("$val") ;;
-    --remote_dir) REMOTE_DIR=$val ;;
-    --install) INSTALL=$val ;;
-    --install_cmd) INSTALL_CMD=$val ;;
-    --repo) REPO=$val ;;
-    --python) PYTHON=$val ;;
-    --env) ENVS+=("$val") ;;
-    --log) LOG=$val ;;
-    *) die "unknown option: $opt" ;;
+}
+
+parse_option() {
+  case $1 in
+    --name) NAME=$2 ;;
+    --zone) ZONE=$2 ;;
+    --project) PROJECT=$2 ;;
+    --accelerator) ACCELERATOR=$2 ;;
+    --version) VERSION=$2 ;;
+    --create_arg) CREATE_ARGS+=("$2") ;;
+    --ssh_flag) SSH_FLAGS+=("$2") ;;
+    --remote_dir) REMOTE_DIR=$2 ;;
+    --install) INSTALL=$2 ;;
+    --install_cmd) INSTALL_CMD=$2 ;;
+    --repo) REPO=$2 ;;
+    --env) ENVS+=("$2") ;;
+    --log) LOG=$2 ;;
+    *) return 1 ;;
   esac
-done
+}
+
+parse_args "$@"
 
 [[ -n $NAME ]] || die "missing required option --name"
 [[ -n $ZONE ]] || die "missing required option --zone"
 [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name must be lowercase letters, digits and '-': $NAME"
 [[ $REMOTE_DIR =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$ ]] ||
   die "--remote_dir must be a relative path of plain names (no '..', no leading '/' or '.'): $REMOTE_DIR"
-[[ -d $REPO ]] || die "--repo is not a directory: $REPO"
-REPO=$(cd "$REPO" && pwd)
+resolve_repo
 case $INSTALL in pip|make|none) ;; *) die "--install must be pip, make or none, got: $INSTALL" ;; esac
-for e in ${ENVS[@]+"${ENVS[@]}"}; do
-  [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env needs NAME=VALUE, got: $e"
-done
+check_envs
 
 if (( ! STOP )); then
-  (( ${#GIN_FILES[@]} )) || die "missing required option --gin_file"
+  require_gin_files
   if (( ! REUSE )); then
     [[ -n $ACCELERATOR ]] || die "missing required option --accelerator (or pass --reuse for an existing slice)"
     if [[ -z $VERSION ]]; then
@@ -160,8 +136,8 @@ if (( ! STOP )); then
     [[ -f $REPO/$f ]] || die "--gin_file not found in the repo: $REPO/$f"
     GIN_FILES[i]=$f
   done
+  check_run_dir
   if [[ -n $RUN_DIR ]]; then
-    [[ $RUN_DIR != *"'"* && $RUN_DIR != *\\* ]] || die "--run_dir must not contain quotes or backslashes: $RUN_DIR"
     [[ $RUN_DIR == gs://* ]] ||
       info "warning: --run_dir $RUN_DIR is local to each worker; multi-host checkpoints need a shared gs:// path"
   fi
@@ -190,10 +166,7 @@ else
   REMOTE_INSTALL=""
 fi
 
-MAIN_ARGS=()
-for f in ${GIN_FILES[@]+"${GIN_FILES[@]}"}; do MAIN_ARGS+=("--gin_file=$f"); done
-[[ -n $RUN_DIR ]] && MAIN_ARGS+=("--gin.run.run_dir='$RUN_DIR'")
-MAIN_ARGS+=(${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"})
+main_args
 # `exec` keeps the pid written by the remote shell ($$) as the pid of slm_jax.main.
 REMOTE_RUN="cd $Q_DIR && echo \$\$ > $PIDFILE && exec $(quote_cmd env PYTHONUNBUFFERED=1 ${ENVS[@]+"${ENVS[@]}"} "$RUN_PY" -m slm_jax.main ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"})"
 # Stop: SIGTERM the recorded pid, only if it still is slm_jax.main.

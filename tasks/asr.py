@@ -68,22 +68,23 @@ def biasing_maker(language: str, num_distractors: int = 4) -> common.Make:
     return make
 
 
-def register_asr_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES, **kw) -> list[str]:
-    """{prefix}_asr_{lang} for each language."""
+def _register_per_language(prefix: str, maker, corpus: common.Corpus, languages, **kw) -> list[str]:
+    """{prefix}_{lang} for each language, made by maker(lang) and scored by the ASR metrics."""
     names = []
     for lang in languages:
-        names.append(f"{prefix}_asr_{lang}")
-        common.register_task(names[-1], corpus, asr_maker(lang), common.METRICS["asr"], **kw)
+        names.append(f"{prefix}_{lang}")
+        common.register_task(names[-1], corpus, maker(lang), common.METRICS["asr"], **kw)
     return names
+
+
+def register_asr_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES, **kw) -> list[str]:
+    """{prefix}_asr_{lang} for each language."""
+    return _register_per_language(f"{prefix}_asr", asr_maker, corpus, languages, **kw)
 
 
 def register_biasing_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES, **kw) -> list[str]:
     """{prefix}_biasing_{lang} for each language (needs world_text sentence records)."""
-    names = []
-    for lang in languages:
-        names.append(f"{prefix}_biasing_{lang}")
-        common.register_task(names[-1], corpus, biasing_maker(lang), common.METRICS["asr"], **kw)
-    return names
+    return _register_per_language(f"{prefix}_biasing", biasing_maker, corpus, languages, **kw)
 
 
 # ----------------------------------------------------------------------------- LibriSpeech

@@ -30,7 +30,8 @@ def _dataset_fn(split, shuffle_files, seed=None):
 
 
 @functools.lru_cache(None)
-def register_fixed_task(name: str = "test_fixed_asr") -> str:
+def register_fixed_task(name: str = "test_fixed_asr", metric: str = "seqio_wer") -> str:
+    """Register the fixed utterances as task `name`, scored by `metric` (a function of slm_jax.metrics)."""
     from slm_jax import metrics
     seqio.TaskRegistry.add(
         name,
@@ -40,7 +41,7 @@ def register_fixed_task(name: str = "test_fixed_asr") -> str:
         output_features={"speech": seqio.ContinuousFeature(dtype=tf.float32, rank=2),
                          "instruction": seqio.Feature(VOCAB, add_eos=False),
                          "targets": seqio.Feature(VOCAB, add_eos=True)},
-        metric_fns=[metrics.seqio_wer])
+        metric_fns=[getattr(metrics, metric)])
     return name
 
 

@@ -3,7 +3,6 @@ is interrupted twice (a max_points stop, then a crash) and resumed, evaluating e
 the results table and plot; the example gin file."""
 
 import csv
-import functools
 import json
 import os
 import types
@@ -12,28 +11,11 @@ import gin
 import pytest
 import seqio
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, VOCAB, _dataset_fn, gin_tiny, register_fixed_task
+from helpers import FEATURE_LENGTHS, TINY_GIN, gin_tiny, register_fixed_task
 from slm_jax import main as main_lib
-from slm_jax import metrics
 from slm_jax import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@functools.lru_cache(None)
-def register_cer_task(name: str = "test_fixed_asr_cer") -> str:
-    """The fixed utterances again, scored by CER instead of WER (a second task with other metrics)."""
-    import tensorflow as tf
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(_dataset_fn, splits=["train", "validation"],
-                                        num_input_examples={"train": 4, "validation": 4}),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        output_features={"speech": seqio.ContinuousFeature(dtype=tf.float32, rank=2),
-                         "instruction": seqio.Feature(VOCAB, add_eos=False),
-                         "targets": seqio.Feature(VOCAB, add_eos=True)},
-        metric_fns=[metrics.seqio_cer])
-    return name
 
 
 # ----------------------------------------------------------------------------- points and keys
@@ -152,7 +134,7 @@ def _read_csv(path):
 
 
 def test_sweep_on_tiny_model_resumes_and_tabulates(tmp_path, monkeypatch):
-    asr, cer = register_fixed_task(), register_cer_task()
+    asr, cer = register_fixed_task(), register_fixed_task("test_fixed_asr_cer", "seqio_cer")
     run_dir = str(tmp_path / "run")
     common = [f"--gin_file={TINY_GIN}", f"--gin.evaluate.feature_lengths={FEATURE_LENGTHS}",
               "--gin.evaluate.batch_size=8", "--gin.setup.async_save=False"]
