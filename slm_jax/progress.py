@@ -53,18 +53,23 @@ class MetricsWriter:
 
 
 class Progress:
-    """Rate and ETA over the steps run in this process (a resumed run starts its clock anew)."""
+    """Rate and ETA. The rate is that of the steps since the previous report (so the first
+    steps' compilation does not drag the ETA for the whole run); a resumed run starts anew."""
 
     def __init__(self, total_steps: int, start_step: int = 0, desc: str = "train"):
         self.total, self.start, self.desc = total_steps, start_step, desc
         self.t0 = time.time()
+        self._last = (start_step, self.t0)
 
     def line(self, step: int, metrics: Mapping[str, float]) -> str:
-        done = max(step - self.start, 1)
-        rate = done / max(time.time() - self.t0, 1e-9)
+        now = time.time()
+        last_step, last_t = self._last
+        rate = max(step - last_step, 1) / max(now - last_t, 1e-9)
+        self._last = (step, now)
         eta = (self.total - step) / rate
         parts = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
-        return f"[{self.desc}] step {step}/{self.total} {rate:.2f} steps/s ETA {_fmt_duration(eta)} {parts}"
+        return (f"[{self.desc}] step {step}/{self.total} {rate:.2f} steps/s elapsed "
+                f"{_fmt_duration(now - self.t0)} ETA {_fmt_duration(eta)} {parts}")
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:
         if jax.process_index() == 0:

@@ -68,12 +68,14 @@ class EncDecTaskModel:
         llm_params = self.llm_params(params)
         eos, start = self.llm_config.eos_id, self.llm_config.decoder_start_token_id
         k = decode_cfg.beam_size if decode_cfg.method == "beam" else 1
+        # cross-attention keys/values: projected once here, not at every step
+        cross_kv = t5_lib.cross_attention_kv(self.llm, llm_params, encoded)
         if k > 1:
-            encoded, mask = decoding.expand_for_beams((encoded, mask), k)
+            encoded, mask, cross_kv = decoding.expand_for_beams((encoded, mask, cross_kv), k)
         cache = t5_lib.init_cache(self.llm, llm_params, bsz * k, decode_cfg.max_len, encoded.shape[1])
 
         def step_fn(tokens, cache):
-            return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens)
+            return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv)
 
         if decode_cfg.method == "greedy":
             return decoding.greedy(step_fn, cache, bsz, decode_cfg.max_len, eos, start)
@@ -86,9 +88,19 @@ class EncDecTaskModel:
         raise ValueError(f"DecodeConfig.method must be greedy/beam/sample, got {decode_cfg.method!r}")
 
 
+def speech_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, bool]:
+    """(speech, mask, precomputed) of an SLM batch: cached encoder outputs `encoded_speech` /
+    `encoded_mask` (slm_jax.feature_cache) when present, else audio `features` / `feature_mask`."""
+    if "encoded_speech" in batch:
+        return batch["encoded_speech"], batch["encoded_mask"], True
+    return batch["features"], batch["feature_mask"], False
+
+
 @gin.configurable
 class SLMTaskModel(EncDecTaskModel):
-    """SLM on batches of features / feature_mask / instruction_tokens / decoder_* tokens."""
+    """SLM on batches of features / feature_mask / instruction_tokens / decoder_* tokens, or of
+    cached encoder outputs encoded_speech / encoded_mask instead of features / feature_mask
+    (then the speech encoder is not run; see slm_jax.feature_cache)."""
 
     def __init__(self, config: SLMConfig, label_smoothing: float = 0.0, z_loss: float = 1e-4):
         self.config, self.llm_config = config, config.llm
@@ -99,13 +111,15 @@ class SLMTaskModel(EncDecTaskModel):
         return self.module.init(rng, **dummy_inputs(self.config))["params"]
 
     def logits(self, params, batch: Batch, rngs, deterministic: bool) -> jax.Array:
-        return self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
-                                 batch["instruction_tokens"], batch["decoder_input_tokens"],
-                                 deterministic=deterministic, rngs=rngs)
+        speech, mask, precomputed = speech_inputs(batch)
+        return self.module.apply({"params": params}, speech, mask, batch["instruction_tokens"],
+                                 batch["decoder_input_tokens"], deterministic=deterministic,
+                                 precomputed=precomputed, rngs=rngs)
 
     def encode(self, params, batch: Batch):
-        return self.module.apply({"params": params}, batch["features"], batch["feature_mask"],
-                                 batch["instruction_tokens"], method=SLM.encode)
+        speech, mask, precomputed = speech_inputs(batch)
+        return self.module.apply({"params": params}, speech, mask, batch["instruction_tokens"],
+                                 precomputed=precomputed, method=SLM.encode)
 
     def llm_params(self, params):
         return params["llm"]

@@ -76,7 +76,10 @@ def test_outputs_invariant_to_padding_and_other_samples(speech_first):
     assert np.abs(out2[1] - base[1]).max() > 1e-3  # the changed sample did change
 
 
-def test_adapter_gradients_flow_and_encoder_is_stopped():
+def test_gradients_reach_adapter_and_speech_encoder():
+    # The model does not stop gradients anywhere: freezing is the trainer's job (it
+    # differentiates only the trainable subtree, see test_trainer), so full fine-tuning
+    # really trains the speech encoder.
     cfg = configs.tiny_slm()
     model = SLM(cfg)
     inputs = dummy_inputs(cfg, batch=2, frames=32)
@@ -85,7 +88,7 @@ def test_adapter_gradients_flow_and_encoder_is_stopped():
     grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, **inputs).sum()))(params)
     norm = lambda t: float(sum(jnp.abs(x).sum() for x in jax.tree_util.tree_leaves(t)))  # noqa: E731
     assert norm(grads["adapter"]) > 0
-    assert norm(grads["speech_encoder"]) == 0.0  # stop_gradient: the encoder is frozen
+    assert norm(grads["speech_encoder"]) > 0
 
 
 def test_whisper_encoder_variant_runs():

@@ -191,6 +191,25 @@ def test_kv_cache_greedy_matches_teacher_forced(checkpoints):
     assert len(np.unique(produced)) > 1      # a non-degenerate sequence was decoded
 
 
+def test_precomputed_cross_attention_kv_gives_the_same_step(checkpoints):
+    cfg, params = load_hf_t5(checkpoints["mt5_untied"][0])
+    model = T5(cfg)
+    enc, enc_mask, _, _ = _padded_batch(seed=2)
+    encoded = model.apply({"params": params}, enc, enc_mask, method=T5.encode)
+    cross_kv = t5_lib.cross_attention_kv(model, params, encoded)
+    assert set(cross_kv) == {f"layers_{i}" for i in range(cfg.num_decoder_layers)}
+    assert cross_kv["layers_0"][0].shape == encoded.shape[:2] + (cfg.num_heads, cfg.d_kv)
+    step = jax.jit(lambda c, t, kv: t5_lib.decode_step(model, params, c, encoded, enc_mask, t, kv))
+    cache_a = cache_b = t5_lib.init_cache(model, params, enc.shape[0], 5, enc.shape[1])
+    tokens = jnp.zeros((enc.shape[0], 1), jnp.int32)
+    for _ in range(3):
+        logits_a, cache_a = step(cache_a, tokens, None)       # keys/values projected in the step
+        logits_b, cache_b = step(cache_b, tokens, cross_kv)   # projected once, reused
+        # the same math; XLA may fuse the two programs differently (float32 rounding)
+        assert float(np.max(np.abs(np.asarray(logits_b) - np.asarray(logits_a)))) <= CACHE_TOL
+        tokens = jnp.argmax(logits_a, -1).astype(jnp.int32)[:, None]
+
+
 def test_missing_tensor_is_named(checkpoints, tmp_path):
     directory = str(tmp_path)
     _save_reference("mt5_untied", directory)

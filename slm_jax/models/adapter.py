@@ -65,6 +65,13 @@ def subsample(x: Array, mask: Array, stride: int, mode: str = "stride") -> tuple
     return total / jnp.maximum(count, 1)[..., None], count > 0
 
 
+def prepare_input(x: Array, mask: Array, config: AdapterConfig) -> tuple[Array, Array]:
+    """What the adapter does before its first parameter: cast to its compute dtype, then
+    subsample. Parameter-free, so it can run ahead of time (slm_jax.feature_cache stores its
+    output; the adapter then skips it: `Adapter(...)(x, mask, subsampled=True)`)."""
+    return subsample(x.astype(config.dtype), mask, config.stride, config.subsampling)
+
+
 class AdapterLayer(nn.Module):
     """Pre-LN transformer layer: x + MHA(LN(x)); x + FFN(LN(x))."""
     config: AdapterConfig
@@ -96,12 +103,18 @@ class Adapter(nn.Module):
     config: AdapterConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True,
+                 subsampled: bool = False) -> tuple[Array, Array]:
+        """x [B, T, input_dim], mask [B, T] -> [B, T', output_dim], mask [B, T'].
+        subsampled=True: x, mask are already `prepare_input`'s output (cached encoder outputs)."""
         cfg = self.config
         if x.shape[-1] != cfg.input_dim:
             raise ValueError(f"Adapter expects speech features of width input_dim={cfg.input_dim}, "
                              f"got {x.shape[-1]}")
-        x, mask = subsample(x.astype(cfg.dtype), mask, cfg.stride, cfg.subsampling)
+        if subsampled:
+            x = x.astype(cfg.dtype)
+        else:
+            x, mask = prepare_input(x, mask, cfg)
         if cfg.num_layers:
             x = layers.dense(cfg.hidden_size, (None, "embed"), use_bias=True, dtype=cfg.dtype,
                              name="input_proj")(x)

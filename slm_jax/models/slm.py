@@ -8,6 +8,11 @@ Packing: speech frames and instruction tokens are both right-padded. Concatenati
 would leave a padding hole between the two parts, so the LLM's relative positions (and hence a
 sample's output) would depend on how much padding the batch has. `pack` instead places each
 sample's valid speech frames and valid text tokens contiguously at the front, padding at the end.
+
+Cached encoder outputs: with `precomputed=True` (`encode`, `__call__`, `embed_speech`) the
+speech inputs are the frozen part's outputs, `speech_encoder_outputs` (encoder, then the
+adapter's parameter-free subsampling), as slm_jax.feature_cache stores them; the speech encoder
+is then not run.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from slm_jax.models.adapter import Adapter, AdapterConfig
+from slm_jax.models.adapter import Adapter, AdapterConfig, prepare_input
 from slm_jax.models.conformer import Conformer, ConformerConfig
 from slm_jax.models.t5 import T5, T5Config
 from slm_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
@@ -78,18 +83,31 @@ class SLM(nn.Module):
         self.adapter = Adapter(cfg.adapter)
         self.llm = T5(cfg.llm)
 
-    def embed_speech(self, features: Array, feature_mask: Array, deterministic: bool = True):
-        """Audio features [B, T, C] -> adapter outputs in LLM embedding space [B, T', D], mask."""
+    def speech_encoder_outputs(self, features: Array, feature_mask: Array) -> tuple[Array, Array]:
+        """The frozen, parameter-free-subsampled speech path (inference mode): audio features
+        [B, T, C] -> [B, T', D_enc] in the adapter's dtype, mask [B, T']. What
+        slm_jax.feature_cache stores, and what `embed_speech(..., precomputed=True)` takes."""
+        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=True)
+        return prepare_input(hidden, mask, self.config.adapter)
+
+    def embed_speech(self, features: Array, feature_mask: Array, deterministic: bool = True,
+                     precomputed: bool = False):
+        """Audio features [B, T, C] -> adapter outputs in LLM embedding space [B, T', D], mask.
+        precomputed=True: features / feature_mask are `speech_encoder_outputs` (cached)."""
+        if precomputed:
+            return self.adapter(features, feature_mask, deterministic=deterministic, subsampled=True)
+        # No stop_gradient: freezing is the trainer's job (it differentiates only the trainable
+        # subtree, so a frozen encoder gets no backward pass); full fine-tuning trains it.
         hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic)
-        hidden = jax.lax.stop_gradient(hidden)  # the speech encoder is frozen
         return self.adapter(hidden, mask, deterministic=deterministic)
 
     def encode(self, features: Array, feature_mask: Array, instruction_tokens: Array,
-               instruction_mask: Array | None = None, deterministic: bool = True) -> tuple[Array, Array]:
+               instruction_mask: Array | None = None, deterministic: bool = True,
+               precomputed: bool = False) -> tuple[Array, Array]:
         """Run the LLM encoder over [speech ; instruction] (packed). Returns (encoded, mask)."""
         if instruction_mask is None:
             instruction_mask = instruction_tokens > 0
-        speech, speech_mask = self.embed_speech(features, feature_mask, deterministic)
+        speech, speech_mask = self.embed_speech(features, feature_mask, deterministic, precomputed)
         text = self.llm.embed(instruction_tokens)
         if self.config.speech_first:
             x, mask = pack(speech, speech_mask, text, instruction_mask)
@@ -105,8 +123,9 @@ class SLM(nn.Module):
 
     def __call__(self, features: Array, feature_mask: Array, instruction_tokens: Array,
                  decoder_input_tokens: Array, instruction_mask: Array | None = None,
-                 decoder_mask: Array | None = None, deterministic: bool = True) -> Array:
-        encoded, mask = self.encode(features, feature_mask, instruction_tokens, instruction_mask, deterministic)
+                 decoder_mask: Array | None = None, deterministic: bool = True, precomputed: bool = False) -> Array:
+        encoded, mask = self.encode(features, feature_mask, instruction_tokens, instruction_mask, deterministic,
+                                    precomputed)
         return self.decode(encoded, mask, decoder_input_tokens, decoder_mask, deterministic)
 
 

@@ -17,7 +17,9 @@ Incremental decoding (`decode=True`) is t5x-style: every decoder self-attention 
 "cache" collection; each call runs ONE position, writes its key/value at `cache_index` and
 attends to positions <= cache_index, with the relative-position bias of the current position
 against all cached positions. `init_cache` builds a zeroed cache, `decode_step` runs one step.
-Cross-attention keys/values are recomputed from `encoded` at every step (as in t5x).
+Cross-attention keys/values depend only on `encoded`: `cross_attention_kv` projects them once
+per batch and `decode_step(..., cross_kv=...)` reuses them (without it they are projected from
+`encoded` at every step, as in t5x).
 
 Parameters are float32; `T5Config.dtype` is the compute dtype; logits are returned in float32.
 """
@@ -177,13 +179,15 @@ class Attention(nn.Module):
     q/k/v kernels [D, H, d_kv] ("embed", "heads", "kv"); output kernel [H, d_kv, D].
     With `decode_step=True` (decoder self-attention only) it runs one position against the
     KV cache and builds its own mask; if given `relpos` it also computes the position bias
-    (first layer) and returns it so the stack can share it with later layers."""
+    (first layer) and returns it so the stack can share it with later layers. `kv`: keys and
+    values [B, Lk, H, d_kv] already projected from inputs_kv (cross-attention while decoding)."""
     config: T5Config
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None,
                  decode: bool = False, decode_step: bool = False,
-                 relpos: RelativePositionBias | None = None) -> tuple[Array, Array | None]:
+                 relpos: RelativePositionBias | None = None,
+                 kv: tuple[Array, Array] | None = None) -> tuple[Array, Array | None]:
         cfg = self.config
         h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
 
@@ -193,8 +197,11 @@ class Attention(nn.Module):
                 kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), ("embed", "heads", "kv")))
 
         q = proj("query", (d * dk) ** -0.5)(inputs_q)
-        k = proj("key", d ** -0.5)(inputs_kv)
-        v = proj("value", d ** -0.5)(inputs_kv)
+        if kv is not None:     # keys / values projected ahead of time (`cross_attention_kv`)
+            k, v = kv
+        else:
+            k = proj("key", d ** -0.5)(inputs_kv)
+            v = proj("value", d ** -0.5)(inputs_kv)
 
         if decode:
             cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
@@ -275,7 +282,7 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array | None, self_bias: Array | None,
                  cross_mask: Array, deterministic: bool = True, decode: bool = False,
-                 decode_step: bool = False) -> tuple[Array, Array]:
+                 decode_step: bool = False, cross_kv: tuple[Array, Array] | None = None) -> tuple[Array, Array]:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "pre_self_attention_layer_norm")(x)
@@ -283,7 +290,7 @@ class DecoderLayer(nn.Module):
             h, h, self_mask, self_bias, decode=decode, decode_step=decode_step, relpos=self.relpos)
         x = x + drop(h, deterministic=deterministic)
         h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
-        h, _ = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_mask, None)
+        h, _ = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_mask, None, kv=cross_kv)
         x = x + drop(h, deterministic=deterministic)
         h = _norm(cfg, "pre_mlp_layer_norm")(x)
         h = MlpBlock(cfg, name="mlp")(h, deterministic)
@@ -315,7 +322,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, y: Array, encoded: Array, encoder_mask: Array, decoder_mask: Array | None = None,
-                 deterministic: bool = True, decode: bool = False) -> Array:
+                 deterministic: bool = True, decode: bool = False, cross_kv: Mapping | None = None) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         y = drop(_constrain(y.astype(cfg.dtype)), deterministic=deterministic)
@@ -334,7 +341,8 @@ class Decoder(nn.Module):
                 self_mask = jnp.logical_and(self_mask, decoder_mask.astype(bool)[:, None, None, :])
         for i in range(cfg.num_decoder_layers):
             y, bias = DecoderLayer(cfg, relpos=relpos if (decode_step and i == 0) else None, name=f"layers_{i}")(
-                y, encoded, self_mask, bias, cross_mask, deterministic, decode, decode_step)
+                y, encoded, self_mask, bias, cross_mask, deterministic, decode, decode_step,
+                None if cross_kv is None else cross_kv[f"layers_{i}"])
         y = _norm(cfg, "decoder_norm")(y)
         return drop(y, deterministic=deterministic)
 
@@ -372,15 +380,18 @@ class T5(nn.Module):
         return self.encode_embedded(self.embed(encoder_input_tokens), encoder_mask, deterministic)
 
     def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
-               decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False) -> Array:
+               decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False,
+               cross_kv: Mapping | None = None) -> Array:
         """Float32 logits [B, T, V] for shifted-right decoder inputs [B, T].
 
         decoder_mask (optional, [B, T]) masks padded keys on top of the causal mask; with right
         padding it does not change the logits at valid positions. decode=True: one cached step
-        (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`)."""
+        (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`).
+        cross_kv: the cross-attention keys/values of `cross_attention_kv(encoded)`, so they are
+        not projected again (decoding projects them once, not at every step)."""
         cfg = self.config
         y = self.decoder(self.embed(decoder_input_tokens), encoded, encoder_mask, decoder_mask,
-                         deterministic=deterministic, decode=decode)
+                         deterministic=deterministic, decode=decode, cross_kv=cross_kv)
         if cfg.scales_decoder_outputs:
             y = y * jnp.asarray(cfg.d_model ** -0.5, y.dtype)
         if cfg.tie_word_embeddings:
@@ -423,10 +434,28 @@ def init_cache(model: T5, params: Any, batch_size: int, max_decode_length: int, 
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+def cross_attention_kv(model: T5, params: Any, encoded: Array) -> dict:
+    """Every decoder layer's cross-attention keys and values [B, L, H, d_kv] for encoder states
+    `encoded` [B, L, D]: {"layers_i": (key, value)}. They depend only on the encoder output, so
+    decoding computes them once (`decode_step(..., cross_kv=...)`) instead of at every step.
+    The same projections (DenseGeneral, compute dtype) as `Attention`."""
+    cfg = model.config
+    proj = nn.DenseGeneral((cfg.num_heads, cfg.d_kv), axis=-1, use_bias=False, dtype=cfg.dtype,
+                           param_dtype=jnp.float32)
+    x = encoded.astype(cfg.dtype)
+    out = {}
+    for i in range(cfg.num_decoder_layers):
+        p = params["decoder"][f"layers_{i}"]["encoder_decoder_attention"]
+        out[f"layers_{i}"] = tuple(proj.apply({"params": p[n]}, x) for n in ("key", "value"))
+    return out
+
+
 def decode_step(model: T5, params: Any, cache: Any, encoded: Array, encoder_mask: Array,
-                tokens: Array) -> tuple[Array, Any]:
+                tokens: Array, cross_kv: Mapping | None = None) -> tuple[Array, Any]:
     """One cached decoder step: tokens [B, 1] (the previous output, or the start token) ->
-    (float32 logits [B, V] for the next token, updated cache)."""
+    (float32 logits [B, V] for the next token, updated cache). Pass `cross_kv`
+    (`cross_attention_kv(model, params, encoded)`, computed once per batch) to skip
+    re-projecting the encoder states at every step; the logits are the same."""
     logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, tokens,
-                                    decode=True, method=T5.decode, mutable=["cache"])
+                                    decode=True, cross_kv=cross_kv, method=T5.decode, mutable=["cache"])
     return logits[:, -1], variables["cache"]

@@ -1,0 +1,141 @@
+"""The embedded default (`make demo`): the SLM paper in miniature, from nothing to a report.
+
+Stages (each cached: a finished stage is skipped when the demo is run again):
+  1. data     the spoken_world corpus (espeak-ng, 4 languages) and the world vocabulary
+  2. llm      a small mT5-style LLM pretrained on the world's text: span corruption plus text
+              instruction tuning (mT0-like) -> llm.msgpack            (gin/runs/demo_llm.gin)
+  3. encoder  a small Conformer pretrained with CTC on spoken_world ASR
+              -> encoder.msgpack                                         (gin/runs/demo_encoder.gin)
+  4. slm      both frozen; only the adapter trains, on the ASR + AST mixture, for each adapter
+              depth in `depths`                                          (gin/runs/demo_slm.gin)
+  5. report   report.md + PNG plots: ASR WER / AST BLEU for SLM (per depth), the cascade
+              (CTC ASR -> text LLM) and the text-input upper bound; zero-shot instruction
+              following on speech vs text; contextual biasing with and without the bias list;
+              the frozen LLM's text scores before and after SLM training; real human speech
+              (FSDD digits); the trainable fraction of parameters.
+Every stage is an ordinary `slm_jax.main` run whose gin file can be used on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import gin
+import jax
+import numpy as np
+
+LANGS = ("en", "fr", "de", "es")
+AST_PAIRS = ("fr_en", "de_en", "es_en", "en_fr", "en_de", "en_es")
+INSTRUCT = ("qa", "digits", "compare", "add")
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+class Demo:
+    """Runs the stages with their gin files plus bindings; caches results as JSON files."""
+
+    def __init__(self, run_dir: str, world: str, steps: dict, extra: Sequence[str], eval_examples: int | None):
+        self.dir = os.path.abspath(run_dir)
+        self.world, self.steps, self.extra, self.eval_examples = world, steps, list(extra), eval_examples
+        os.makedirs(self.dir, exist_ok=True)
+        self.llm_path = os.path.join(self.dir, "llm.msgpack")
+        self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
+
+    def task(self, suffix: str) -> str:
+        return f"spoken_world_{self.world}_{suffix}"
+
+    def main(self, gin_file: str, *bindings: str) -> Any:
+        from slm_jax import main
+        return main.main([f"--gin_file={gin_file}", *bindings, *self.extra])
+
+    def cached(self, name: str, fn) -> Any:
+        path = os.path.join(self.dir, "results", f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        out = fn()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+        return out
+
+    # ------------------------------------------------------------------ stages
+    def data(self) -> None:
+        from tasks import spoken_world, vocab
+        t0 = time.time()
+        spoken_world.prepare(spoken_world.CONFIGS[self.world])
+        vocab.get_vocabulary()
+        _log(f"data ready: spoken_world/{self.world} ({time.time() - t0:.0f} s)")
+
+    def llm(self) -> None:
+        if os.path.exists(self.llm_path):
+            _log(f"llm: cached ({self.llm_path})")
+            return
+        self.main("gin/runs/demo_llm.gin", f"--gin.run.run_dir='{self.dir}/llm'",
+                  f"--gin.train.train_steps={self.steps['llm']}", f"--gin.train.export_to='{self.llm_path}'")
+
+    def encoder(self) -> None:
+        if os.path.exists(self.encoder_path):
+            _log(f"encoder: cached ({self.encoder_path})")
+            return
+        self.main("gin/runs/demo_encoder.gin", f"--gin.run.run_dir='{self.dir}/encoder'",
+                  f"--gin.train.train_task='{self.task('asr')}'", f"--gin.train.train_steps={self.steps['encoder']}",
+                  f"--gin.train.export_to='{self.encoder_path}'")
+
+    def slm_bindings(self, depth: int, run_dir: str | None = None) -> list[str]:
+        return [f"--gin.run.run_dir='{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
+                f"--gin.ADAPTER_LAYERS={depth}", f"--gin.setup.llm_checkpoint='{self.llm_path}'",
+                f"--gin.setup.speech_encoder_checkpoint='{self.encoder_path}'"]
+
+    def slm(self, depth: int) -> dict:
+        def train():
+            return self.main("gin/runs/demo_slm.gin", *self.slm_bindings(depth),
+                             f"--gin.train.train_task='{self.task('asr_ast')}'",
+                             f"--gin.train.train_steps={self.steps['slm']}")
+        return self.cached(f"train_slm_depth{depth}", train)
+
+    def eval_slm(self, depth: int, tasks: list[str], tag: str, untrained: bool = False) -> dict:
+        run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
+        limit = [f"--gin.evaluate.max_examples={self.eval_examples}"] if self.eval_examples else []
+        return self.cached(f"eval_{tag}", lambda: self.main(
+            "gin/runs/demo_slm.gin", *self.slm_bindings(depth, run_dir), "--gin.run.mode='eval'",
+            f"--gin.evaluate.eval_tasks={tasks}", f"--gin.evaluate.tag='_{tag}'", *limit))
+
+
+@gin.configurable
+def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encoder_steps: int = 1500,
+             slm_steps: int = 1000, depths: Sequence[int] = (0, 1, 2, 4), main_depth: int = 2,
+             eval_examples: int | None = None, extra_bindings: Sequence[str] = ()) -> dict:
+    """All stages, then the report. Returns the report's numbers (also in results/report.json)."""
+    from slm_jax import demo_report
+    t0 = time.time()
+    d = Demo(run_dir, world, {"llm": llm_steps, "encoder": encoder_steps, "slm": slm_steps}, extra_bindings,
+             eval_examples)
+    _log(f"stage 1/5 data ({world})")
+    d.data()
+    _log("stage 2/5 LLM foundation (text pretraining + instruction tuning)")
+    d.llm()
+    llm_sha_before = _sha(d.llm_path)
+    text_before = d.cached("llm_text_before", lambda: demo_report.text_scores(d))
+    _log("stage 3/5 speech encoder foundation (CTC)")
+    d.encoder()
+    _log(f"stage 4/5 SLM adapters, depths {list(depths)}")
+    train_results = {}
+    for depth in depths:
+        _log(f"  adapter depth {depth}")
+        train_results[depth] = d.slm(depth)
+    _log("stage 5/5 evaluation and report")
+    report = demo_report.build(d, depths, main_depth, train_results, text_before, llm_sha_before)
+    _log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")
+    return report

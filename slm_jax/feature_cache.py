@@ -1,0 +1,512 @@
+"""Frozen-encoder feature caching: run the frozen speech encoder once over a dataset, store its
+outputs, and train the adapter from them instead of recomputing them at every step.
+
+What is cached. For each example of a task split: the speech encoder's output (inference mode)
+after the adapter's uniform subsampling, `SLM.speech_encoder_outputs`, trimmed to the example's
+valid frames (the cache holds no padding), plus the example's instruction / decoder tokens as
+`SLMFeatureConverter` produced them (trimmed after their last non-padding token). The frames
+are stored in the adapter's compute dtype (`AdapterConfig.dtype`: float32, or bfloat16 when the
+adapter computes in bfloat16), i.e. exactly the values the adapter's first parameterised layer
+would see; the manifest records the dtype.
+
+Why after the subsampling. The subsampling belongs to the adapter, but it is parameter-free
+(`adapter.prepare_input`: a cast to the adapter dtype, then keep every `stride`-th frame or
+average `stride`-frame windows, over valid frames only); so caching its output is exact, and
+the cache is `stride` times smaller and faster to read. The price: the cache is tied to the
+adapter's stride / subsampling mode / dtype, which are therefore part of its fingerprint
+(changing them makes the cache stale, like changing the encoder).
+
+Exactness. Training from the cache gives the same losses and adapter gradients as training from
+audio features (tests/test_feature_cache.py checks it), because the encoder is frozen and its
+training-mode output equals its inference-mode output. So:
+  * no SpecAugment or other augmentation of the features or of the encoder input can apply to
+    cached batches (this pipeline has none; one added later would be silently skipped, so
+    train from audio features instead);
+  * an encoder with dropout (`dropout_rate > 0`) is refused: its training output is random;
+  * task preprocessing must be deterministic: the cache holds one pass over the split;
+  * the cache is valid only for the encoder it was computed with. `manifest.json` records a
+    fingerprint: the encoder config, the adapter's stride / subsampling / dtype, and the
+    weights (sha256 of `setup.speech_encoder_checkpoint`, or the init seed of a randomly
+    initialised encoder); reading a cache whose fingerprint or feature lengths differ from the
+    model's raises `StaleCacheError` naming the manifest and the differing fields.
+
+Format. `<cache_dir>/<task>/<split>/`: `manifest.json` and ArrayRecord shards
+(`<split>-NNNNN.array_record`, `group_size:1`, uncompressed, so any example is one random read)
+of serialised `tf.train.Example`s with features `encoded` (raw bytes, [frames, D_enc] in the
+manifest's dtype, little-endian), `frames`, `instruction_tokens`, `decoder_input_tokens`,
+`decoder_target_tokens`. The manifest is written last: a cache without one is incomplete.
+
+Usage (gin). Add to a training gin file:
+
+    import slm_jax.feature_cache
+    train.input_fn = @cached_batches
+    cached_batches.cache_dir = "/data/slm_cache"
+
+build the cache once with the same gin files (it reads `train.train_task`,
+`train.feature_lengths`, `train.seed`, `setup.model`, `setup.speech_encoder_checkpoint` and
+`cached_batches.cache_dir`; `cache_features.*` bindings override them, e.g. `split`):
+
+    python -m slm_jax.feature_cache --gin_file=my_run.gin [--gin.NAME=VALUE ...]
+
+then train as usual (`python -m slm_jax.main --gin_file=my_run.gin`). Rebuilding an up-to-date
+cache is a no-op; a stale one is replaced. Evaluation and inference still run from audio.
+
+`cached_batches` has `get_batches`' contract: deterministic for a seed, resumable at
+`start_batch` in O(1), one epoch after another (`num_epochs=None`: forever). Shuffling is its
+own: a fresh permutation of the whole split per epoch (from `seed` and the epoch), not seqio's
+buffer order; unshuffled, its batches are exactly `get_batches(shuffle=False)`'s. With several
+hosts each global batch is the same as on one host, and host `shard_index` gets its rows
+`[shard_index * B / num_shards, (shard_index + 1) * B / num_shards)`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":
+    # `python -m slm_jax.feature_cache`: run the module as imported under its package name, so
+    # gin registers each configurable once (not also as __main__.*).
+    from slm_jax.feature_cache import main as _entry
+    _entry()
+    sys.exit(0)
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from slm_jax.models.slm import SLM, SLMConfig
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+WRITER_OPTIONS = "group_size:1,uncompressed"   # one record per chunk: O(1) random access
+
+
+class StaleCacheError(ValueError):
+    """A feature cache that does not belong to the model / data it is read for."""
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    try:
+        return jnp.dtype(value).name      # dtypes: jnp.float32, jnp.bfloat16, np.dtype
+    except TypeError:
+        return repr(value)
+
+
+def _hash_path(path: str) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
+    def file_digest(p):
+        with open(p, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    if os.path.isfile(path):
+        return file_digest(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"speech encoder checkpoint not found: {path}")
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode() + b"\0" + file_digest(full).encode())
+    return h.hexdigest()
+
+
+def weights_id(speech_encoder_checkpoint: str | None, seed: int = 0) -> dict:
+    """What identifies the encoder weights: the checkpoint's sha256, or the init seed (setup()
+    initialises an encoder without checkpoint from PRNGKey(train.seed))."""
+    if speech_encoder_checkpoint:
+        return {"speech_encoder_checkpoint_sha256": _hash_path(speech_encoder_checkpoint)}
+    return {"init_seed": int(seed)}
+
+
+def fingerprint(config: SLMConfig, weights: Mapping[str, Any]) -> dict:
+    """Everything the cached values depend on besides the data."""
+    enc, ad = config.speech_encoder, config.adapter
+    return {"speech_encoder": {"type": type(enc).__name__, **_jsonable(dataclasses.asdict(enc))},
+            "adapter_input": {"stride": ad.stride, "subsampling": ad.subsampling, "dtype": _jsonable(ad.dtype),
+                              "input_dim": ad.input_dim},
+            "weights": _jsonable(dict(weights))}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _differences(cached: Mapping, wanted: Mapping) -> list[str]:
+    a, b = _flat(cached), _flat(wanted)
+    return [f"{k}: cache has {a.get(k, '<absent>')!r}, model/run has {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def cache_path(cache_dir: str, task: str, split: str) -> str:
+    return os.path.join(cache_dir, task, split)
+
+
+def load_manifest(cache_dir: str, task: str, split: str) -> tuple[dict, str]:
+    """(manifest, its path); FileNotFoundError naming the path when there is no (complete) cache."""
+    path = os.path.join(cache_path(cache_dir, task, split), MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no feature cache at {path} (build it: python -m slm_jax.feature_cache "
+                                f"--gin_file=... ; see slm_jax/feature_cache.py)")
+    with open(path) as f:
+        return json.load(f), path
+
+
+def check_manifest(manifest: Mapping, path: str, *, fingerprint_: Mapping | None = None,
+                   feature_lengths: Mapping[str, int] | None = None) -> None:
+    """Raise StaleCacheError, naming `path` and each differing field, if the cache was built for
+    another encoder (config, weights, adapter subsampling) or other feature lengths."""
+    problems = []
+    if manifest.get("format") != CACHE_FORMAT:
+        problems.append(f"format: cache has {manifest.get('format')!r}, this code reads {CACHE_FORMAT}")
+    if fingerprint_ is not None:
+        problems += _differences(manifest.get("fingerprint", {}), fingerprint_)
+    if feature_lengths is not None:
+        problems += _differences({"feature_lengths": manifest.get("feature_lengths", {})},
+                                 {"feature_lengths": _jsonable(dict(feature_lengths))})
+    if problems:
+        raise StaleCacheError(f"stale feature cache {path}: it was built for another encoder or data "
+                              f"config; rebuild it (python -m slm_jax.feature_cache ...). Differences:\n  "
+                              + "\n  ".join(problems))
+
+
+# ----------------------------------------------------------------------------- build
+
+def _int_feature(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _serialize(encoded: np.ndarray, instruction: np.ndarray, dec_in: np.ndarray, targets: np.ndarray) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        "encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(encoded).tobytes()])),
+        "frames": _int_feature([encoded.shape[0]]),
+        "instruction_tokens": _int_feature(instruction),
+        "decoder_input_tokens": _int_feature(dec_in),
+        "decoder_target_tokens": _int_feature(targets),
+    })).SerializeToString()
+
+
+def _valid_length(mask_row: np.ndarray, what: str) -> int:
+    n = int(mask_row.sum())
+    if not (mask_row[:n].all() and not mask_row[n:].any()):
+        raise ValueError(f"build_cache: {what} mask is not a prefix of valid frames")
+    return n
+
+
+def _trim(row: np.ndarray) -> np.ndarray:
+    return np.trim_zeros(row, "b")
+
+
+def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_lengths: Mapping[str, int],
+                config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
+                batch_size: int = 8, seed: int = 0, examples_per_shard: int = 4096,
+                overwrite: bool = False, verbose: bool = True) -> dict:
+    """Run the frozen speech encoder (jitted, batches of `batch_size`) once over `task`'s `split`
+    (a task or a mixture name: via get_batches, unshuffled, one epoch, every example: the last
+    batch is padded, then cut) and write the cache (see the module docstring). Returns the
+    manifest. An existing cache with the same fingerprint, task, split and feature lengths is
+    kept (returned as is) unless `overwrite`; otherwise its files are replaced.
+
+    encoder_params: the "speech_encoder" subtree of the SLM params; weights: `weights_id(...)`,
+    what identifies them in the fingerprint. A mixture's cache holds seqio's one-epoch mixture
+    stream (sampled by rate, ending when a first task runs out): prefer caching tasks."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from slm_jax.data import get_batches
+
+    enc_cfg = config.speech_encoder
+    if getattr(enc_cfg, "dropout_rate", 0.0) > 0:
+        raise ValueError(f"build_cache: the speech encoder has dropout_rate={enc_cfg.dropout_rate}; its training "
+                         "outputs are random, so a cache of them cannot be exact. Set it to 0.")
+    fp = fingerprint(config, weights)
+    out_dir = cache_path(cache_dir, task, split)
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            old = json.load(f)
+        up_to_date = (old.get("format") == CACHE_FORMAT and old.get("fingerprint") == fp
+                      and old.get("feature_lengths") == _jsonable(dict(feature_lengths))
+                      and all(os.path.isfile(os.path.join(out_dir, s["file"])) for s in old.get("shards", [])))
+        if up_to_date and not overwrite:
+            if verbose:
+                print(f"[feature_cache] {manifest_path} is up to date ({old['count']} examples)", flush=True)
+            return old
+        os.remove(manifest_path)
+        for s in old.get("shards", []):
+            if os.path.isfile(os.path.join(out_dir, s["file"])):
+                os.remove(os.path.join(out_dir, s["file"]))
+
+    module = SLM(config)
+    encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
+                                                  method=SLM.speech_encoder_outputs))
+    shards: list[dict] = []
+    writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, None, None, None
+    t0 = time.perf_counter()
+
+    def write(batch: dict, n: int, outputs) -> None:
+        nonlocal writer, count, nbytes, encoded_length, dim, dtype
+        hidden, mask = jax.device_get(outputs)
+        hidden, mask = np.asarray(hidden), np.asarray(mask)
+        encoded_length, dim, dtype = hidden.shape[1], hidden.shape[2], hidden.dtype.name
+        for i in range(n):
+            if writer is None or shards[-1]["count"] >= examples_per_shard:
+                if writer is not None:
+                    writer.close()
+                shards.append({"file": f"{split}-{len(shards):05d}.array_record", "count": 0})
+                writer = ArrayRecordWriter(os.path.join(out_dir, shards[-1]["file"]), WRITER_OPTIONS)
+            frames = hidden[i, :_valid_length(mask[i], "encoder output")]
+            targets = _trim(batch["decoder_target_tokens"][i])
+            writer.write(_serialize(frames, _trim(batch["instruction_tokens"][i]),
+                                    batch["decoder_input_tokens"][i, :len(targets)], targets))
+            shards[-1]["count"] += 1
+            count += 1
+            nbytes += frames.nbytes
+
+    pending = None
+    for batch in get_batches(task, split, feature_lengths=feature_lengths, batch_size=batch_size, shuffle=False,
+                             seed=seed, num_epochs=1, drop_remainder=False):
+        n = batch["features"].shape[0]
+        feats, fmask = batch["features"], batch["feature_mask"]
+        if n < batch_size:   # one compiled shape: pad the last batch, cut its outputs
+            pad = lambda x: np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])  # noqa: E731
+            feats, fmask = pad(feats), pad(fmask)
+        outputs = encode(encoder_params, feats, fmask)   # dispatched; written while the next batch runs
+        if pending is not None:
+            write(*pending)
+        pending = (batch, n, outputs)
+    if pending is not None:
+        write(*pending)
+    if writer is not None:
+        writer.close()
+    if not count:
+        raise ValueError(f"build_cache: {task!r} split {split!r} has no examples")
+    seconds = time.perf_counter() - t0
+    manifest = {"format": CACHE_FORMAT, "task": task, "split": split,
+                "feature_lengths": _jsonable(dict(feature_lengths)), "count": count,
+                "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
+                "encoded_bytes": int(nbytes), "shards": shards, "fingerprint": fp,
+                "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
+                          "batch_size": batch_size, "device": jax.devices()[0].platform}}
+    tmp = manifest_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, manifest_path)
+    if verbose:
+        print(f"[feature_cache] wrote {count} examples ({nbytes / 2 ** 20:.1f} MiB of {dtype} frames, "
+              f"{len(shards)} shard(s)) to {out_dir} in {seconds:.1f}s", flush=True)
+    return manifest
+
+
+def encoder_params_for(config: SLMConfig, speech_encoder_checkpoint: str | None = None, seed: int = 0) -> dict:
+    """The speech encoder weights setup() would use: loaded from the checkpoint, or the
+    random initialisation from PRNGKey(seed) (the encoder part of SLMTaskModel.init_boxed)."""
+    import flax.linen as nn
+    from slm_jax.models.slm import abstract_params
+    if speech_encoder_checkpoint:
+        from slm_jax.checkpoints.params_io import load_foundation
+        return load_foundation(speech_encoder_checkpoint, "speech_encoder", abstract_params(config)["speech_encoder"])
+    from slm_jax.task_model import SLMTaskModel
+    model = SLMTaskModel(config)
+    return jax.jit(lambda r: nn.meta.unbox(model.init_boxed(r))["speech_encoder"])(jax.random.PRNGKey(seed))
+
+
+# ----------------------------------------------------------------------------- gin
+
+_UNBOUND = object()
+
+
+def _gin_value(name: str, default: Any = _UNBOUND) -> Any:
+    """The value bound to gin parameter `name` (macros and @Configurable() evaluated)."""
+    try:
+        value = gin.query_parameter(name)
+    except ValueError:
+        if default is _UNBOUND:
+            raise ValueError(f"feature_cache: gin parameter {name} is not bound") from None
+        return default
+    if isinstance(value, gin.config.ConfigurableReference):
+        value = value.scoped_configurable_fn()
+    return value
+
+
+def _run_config(config: SLMConfig | None, speech_encoder_checkpoint: str | None) -> tuple[SLMConfig, str | None]:
+    if config is None:
+        model = _gin_value("setup.model", None)
+        if model is None:
+            raise ValueError("feature_cache: no model to check the cache against: pass config= "
+                             "(and speech_encoder_checkpoint=) or bind setup.model in gin")
+        config = model.config
+        speech_encoder_checkpoint = speech_encoder_checkpoint or _gin_value("setup.speech_encoder_checkpoint", None)
+    return config, speech_encoder_checkpoint
+
+
+@gin.configurable
+def cache_features(cache_dir: str | None = None, task: str | None = None, split: str = "train", *,
+                   feature_lengths: Mapping[str, int] | None = None, batch_size: int | None = None,
+                   seed: int | None = None, config: SLMConfig | None = None,
+                   speech_encoder_checkpoint: str | None = None, examples_per_shard: int = 4096,
+                   overwrite: bool = False) -> dict:
+    """build_cache for the configured run: each argument left None is taken from the run's gin
+    bindings (cached_batches.cache_dir, train.train_task / feature_lengths / batch_size / seed,
+    setup.model / speech_encoder_checkpoint), so it writes the cache `train` will read."""
+    cache_dir = cache_dir or _gin_value("cached_batches.cache_dir")
+    task = task or _gin_value("train.train_task")
+    feature_lengths = feature_lengths or _gin_value("train.feature_lengths")
+    batch_size = batch_size or _gin_value("train.batch_size", 8)
+    seed = _gin_value("train.seed", 0) if seed is None else seed
+    config, ckpt = _run_config(config, speech_encoder_checkpoint)
+    params = encoder_params_for(config, ckpt, seed)
+    return build_cache(cache_dir, task, split, feature_lengths=feature_lengths, config=config,
+                       encoder_params=params, weights=weights_id(ckpt, seed), batch_size=batch_size, seed=seed,
+                       examples_per_shard=examples_per_shard, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- read
+
+def _parse(record: bytes) -> dict[str, Any]:
+    feats = tf.train.Example.FromString(record).features.feature
+    ints = lambda k: np.asarray(feats[k].int64_list.value, np.int32)  # noqa: E731
+    return {"encoded": feats["encoded"].bytes_list.value[0], "frames": int(feats["frames"].int64_list.value[0]),
+            "instruction_tokens": ints("instruction_tokens"), "decoder_input_tokens": ints("decoder_input_tokens"),
+            "decoder_target_tokens": ints("decoder_target_tokens")}
+
+
+class _Reader:
+    """Batches of given global example keys from one cache."""
+
+    def __init__(self, directory: str, manifest: Mapping):
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+        self.source = ArrayRecordDataSource([os.path.join(directory, s["file"]) for s in manifest["shards"]])
+        if len(self.source) != manifest["count"]:
+            raise StaleCacheError(f"feature cache {directory}: shards hold {len(self.source)} examples, "
+                                  f"{MANIFEST} says {manifest['count']}")
+        self.frames, self.dim = manifest["encoded_length"], manifest["dim"]
+        self.dtype = jnp.dtype(manifest["dtype"])
+        lengths = manifest["feature_lengths"]
+        self.inst_len, self.tgt_len = lengths["instruction"], lengths["targets"]
+
+    def batch(self, keys: Sequence[int]) -> dict[str, np.ndarray]:
+        b = len(keys)
+        out = {"encoded_speech": np.zeros((b, self.frames, self.dim), self.dtype),
+               "encoded_mask": np.zeros((b, self.frames), np.int32),
+               "instruction_tokens": np.zeros((b, self.inst_len), np.int32),
+               "decoder_input_tokens": np.zeros((b, self.tgt_len), np.int32),
+               "decoder_target_tokens": np.zeros((b, self.tgt_len), np.int32)}
+        records = self.source.__getitems__([int(k) for k in keys])
+        for i, rec in enumerate(map(_parse, records)):
+            n = rec["frames"]
+            out["encoded_speech"][i, :n] = np.frombuffer(rec["encoded"], self.dtype).reshape(n, self.dim)
+            out["encoded_mask"][i, :n] = 1
+            for k in ("instruction_tokens", "decoder_input_tokens", "decoder_target_tokens"):
+                out[k][i, :len(rec[k])] = rec[k]
+        out["decoder_loss_weights"] = (out["decoder_target_tokens"] > 0).astype(np.int32)
+        return out
+
+
+@gin.configurable
+def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", *,
+                   feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
+                   shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
+                   start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
+                   drop_remainder: bool = True, cache_dir: str = gin.REQUIRED,
+                   config: SLMConfig | None = None, speech_encoder_checkpoint: str | None = None,
+                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches from a feature cache, with get_batches' contract (an input_fn of `train`):
+    encoded_speech [b, T', D_enc] / encoded_mask [b, T'] instead of features / feature_mask,
+    the same token features. See the module docstring for order, resumption and host shards.
+
+    The cache is checked first (StaleCacheError naming its manifest) against `config` and the
+    encoder weights (`speech_encoder_checkpoint`, or the init seed `seed`); `config` None: the
+    run's gin bindings setup.model / setup.speech_encoder_checkpoint."""
+    if batch_size % num_shards:
+        raise ValueError(f"cached_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
+    config, ckpt = _run_config(config, speech_encoder_checkpoint)
+    manifest, path = load_manifest(cache_dir, mixture_or_task_name, split)
+    check_manifest(manifest, path, fingerprint_=fingerprint(config, weights_id(ckpt, seed)),
+                   feature_lengths=feature_lengths)
+    reader = _Reader(os.path.dirname(path), manifest)
+    return _iterate(reader, manifest["count"], batch_size, shuffle, seed, num_epochs, start_batch,
+                    shard_index, num_shards, drop_remainder, prefetch)
+
+
+def epoch_order(count: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The example keys of one epoch, in reading order."""
+    if not shuffle:
+        return np.arange(count)
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: int, num_epochs: int | None,
+             start_batch: int, shard_index: int, num_shards: int, drop_remainder: bool,
+             prefetch: int) -> Iterator[dict[str, np.ndarray]]:
+    total = None if num_epochs is None else count * num_epochs      # positions in the epoch stream
+    local = batch_size // num_shards
+    orders: dict[int, np.ndarray] = {}
+
+    def keys(g: int) -> list[int] | None:
+        """This host's keys of global batch g, or None past the end."""
+        lo = g * batch_size
+        if total is not None and (lo >= total or (drop_remainder and lo + batch_size > total)):
+            return None
+        first = lo + shard_index * local
+        last = first + local if total is None else min(first + local, total)
+        out = []
+        for p in range(first, last):
+            e = p // count
+            if e not in orders:
+                if len(orders) > 2:
+                    orders.clear()
+                orders[e] = epoch_order(count, e, shuffle, seed)
+            out.append(int(orders[e][p % count]))
+        return out or None
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:   # reads ahead while the step runs
+        queue, g = [], start_batch
+        while True:
+            while len(queue) <= prefetch:
+                k = keys(g)
+                g += 1
+                if k is None:
+                    break
+                queue.append(pool.submit(reader.batch, k))
+            if not queue:
+                return
+            yield queue.pop(0).result()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """python -m slm_jax.feature_cache --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]"""
+    from slm_jax.main import parse_flags  # also registers train / setup / the model configurables
+    files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    for f in files:
+        if not os.path.isfile(f):
+            raise SystemExit(f"gin file not found: {f}")
+    gin.clear_config()
+    gin.add_config_file_search_path(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    return cache_features()

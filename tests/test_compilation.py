@@ -1,0 +1,115 @@
+"""Jitted steps compile once per input shape: no silent recompilation in the steady state.
+
+With bucketed batches the train step, the eval step and `predict_batch` should compile once per
+bucket (padded speech length) and never again: not when the rng, the step counter, the
+parameters or the batch values change, not when an equal `DecodeConfig` is rebuilt, and not
+when an earlier bucket comes back."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+
+from slm_jax import configs
+from slm_jax.compile_stats import count_compilations
+from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
+from slm_jax.task_model import DecodeConfig, SLMTaskModel
+from slm_jax.trainer import Trainer
+
+BATCH, TEXT_LEN = 4, 10
+
+
+def make_batch(frames: int, seed: int) -> dict[str, np.ndarray]:
+    """A numpy batch as the data pipeline yields it, speech padded to `frames`."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(frames // 2, frames + 1, BATCH)
+    fmask = (np.arange(frames)[None] < n[:, None]).astype(np.int32)
+    feats = (rng.normal(size=(BATCH, frames, 80)) * fmask[..., None]).astype(np.float32)
+    instr = rng.integers(2, 200, (BATCH, TEXT_LEN)).astype(np.int32)
+    tgt = rng.integers(2, 200, (BATCH, TEXT_LEN)).astype(np.int32)
+    tgt[:, -3:] = 0
+    dec_in = np.concatenate([np.zeros((BATCH, 1), np.int32), tgt[:, :-1]], axis=1)
+    return dict(features=feats, feature_mask=fmask, instruction_tokens=instr,
+                decoder_input_tokens=dec_in, decoder_target_tokens=tgt)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = SLMTaskModel(configs.tiny_slm(adapter_layers=1))
+    part = Partitioner(make_mesh(MeshConfig(data=1, model=1), devices=jax.devices()[:1]))
+    trainer = Trainer(model.loss_fn, optax.adamw(optax.linear_schedule(1e-3, 0.0, 100)), part,
+                      model.abstract_params(), trainable_patterns=("adapter/.*",))
+    train, frozen = trainer.split(nn.meta.unbox(model.init_boxed(jax.random.PRNGKey(0))))
+    return model, part, trainer, train, frozen
+
+
+def test_train_step_compiles_once_per_bucket(setup):
+    _, part, trainer, train, frozen = setup
+    state = trainer.init_state(train)
+    seed = iter(range(1000))
+
+    def steps(frames, n):
+        nonlocal state
+        for _ in range(n):
+            rng = jax.random.PRNGKey(next(seed))          # a new key every step
+            state, metrics = trainer.train_step(state, frozen, part.shard_batch(make_batch(frames, next(seed))), rng)
+        jax.block_until_ready(metrics)
+
+    with count_compilations() as cc:
+        steps(64, 3)
+        assert cc.count("step") == 1, cc.summary()
+        steps(96, 2)                                       # a second bucket: one more
+        assert cc.count("step") == 2, cc.summary()
+        steps(64, 2)                                       # the first one again: cached
+        steps(96, 1)
+    assert cc.count("step") == 2 and cc.trace_count("step") == 2, cc.summary()
+    assert int(state.step) == 8
+
+
+def test_eval_step_compiles_once_per_bucket(setup):
+    _, part, trainer, train, frozen = setup
+    with count_compilations() as cc:
+        for frames in (64, 64, 96, 96, 64, 96):
+            jax.block_until_ready(trainer.eval_step(train, frozen, part.shard_batch(make_batch(frames, frames))))
+    assert cc.count("step") == 2 and cc.trace_count("step") == 2, cc.summary()
+
+
+def test_predict_batch_compiles_once_per_bucket_and_config(setup):
+    model, part, _, train, frozen = setup
+    params = {**train, **frozen}
+    features_only = lambda b: {k: v for k, v in b.items() if not k.startswith("decoder")}  # noqa: E731
+
+    def predict(frames, seed, cfg):
+        tokens, _ = model.predict_batch(params, part.shard_batch(features_only(make_batch(frames, seed))), cfg)
+        return np.asarray(tokens)
+
+    greedy = DecodeConfig(method="greedy", max_len=8)
+    with count_compilations() as cc:
+        predict(64, 0, greedy)
+        predict(64, 1, greedy)
+        predict(64, 2, DecodeConfig(method="greedy", max_len=8))    # equal config, rebuilt: hashed equal
+        assert cc.count("predict_batch") == 1, cc.summary()
+        predict(96, 3, greedy)
+        assert cc.count("predict_batch") == 2, cc.summary()
+        predict(64, 4, greedy)
+        predict(96, 5, dataclasses.replace(greedy))
+        assert cc.count("predict_batch") == 2, cc.summary()
+        # another decoding config is another program (static argument), once
+        beam = DecodeConfig(method="beam", max_len=8, beam_size=2)
+        predict(64, 6, beam)
+        predict(64, 7, beam)
+    assert cc.count("predict_batch") == 3 and cc.trace_count("predict_batch") == 3, cc.summary()
+
+
+def test_counter_sees_recompilation():
+    """The counter itself: a changed input dtype is a new program."""
+    f = jax.jit(lambda x: x * 2)
+    with count_compilations() as cc:
+        f(np.ones(3, np.float32))
+        f(np.ones(3, np.float32) * 3)
+        f(np.ones(3, np.int32))
+    assert cc.count("<lambda>") == 2 and cc.seconds("<lambda>") > 0
+    assert "<lambda> x2" in cc.summary()

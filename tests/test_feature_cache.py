@@ -1,0 +1,172 @@
+"""Frozen-encoder feature cache: training from cached encoder outputs is exact (loss, adapter
+gradients, decoding, a train run's loss curve), stale caches are refused naming the file, and
+cached_batches is deterministic, resumable and shardable like get_batches."""
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from helpers import FEATURE_LENGTHS, TINY_GIN, register_fixed_task
+from slm_jax import configs, feature_cache, main
+from slm_jax.checkpoints.params_io import save_params
+from slm_jax.data import get_batches
+from slm_jax.feature_cache import StaleCacheError, build_cache, cached_batches, encoder_params_for, weights_id
+from slm_jax.models.slm import SLM
+from slm_jax.task_model import DecodeConfig, SLMTaskModel
+from slm_jax.trainer import split_trainable
+
+CONFIG = configs.tiny_slm()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache of the fixed task's train split, built from an encoder checkpoint file holding
+    the encoder part of the SLM params (init seed 0)."""
+    tmp = tmp_path_factory.mktemp("cache")
+    params = nn.meta.unbox(jax.jit(SLMTaskModel(CONFIG).init_boxed)(jax.random.PRNGKey(0)))
+    ckpt = str(tmp / "encoder.msgpack")
+    save_params(ckpt, params["speech_encoder"])
+    enc = encoder_params_for(CONFIG, ckpt)
+    for a, b in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(params["speech_encoder"])):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    manifest = build_cache(str(tmp / "c"), register_fixed_task(), "train", feature_lengths=FEATURE_LENGTHS,
+                           config=CONFIG, encoder_params=enc, weights=weights_id(ckpt), batch_size=3,
+                           examples_per_shard=3, verbose=False)   # a padded, cut last batch; 2 shards
+    return dict(dir=str(tmp / "c"), ckpt=ckpt, params=params, manifest=manifest)
+
+
+def _cached(cache, **kw):
+    kw = dict(dict(feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False, cache_dir=cache["dir"],
+                   config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]), **kw)
+    return cached_batches(register_fixed_task(), "train", **kw)
+
+
+def test_manifest_describes_the_cache(cache):
+    m = cache["manifest"]
+    assert m["count"] == 4 and [s["count"] for s in m["shards"]] == [3, 1]
+    # 64 frames -> conv2d 4x -> 16 -> adapter stride 2 -> 8; valid lengths 36, 52, 28, 44 frames -> 5, 7, 4, 6
+    assert (m["encoded_length"], m["dim"], m["dtype"]) == (8, 32, "float32")
+    assert m["encoded_bytes"] == (5 + 7 + 4 + 6) * 32 * 4      # no padding stored
+    with open(os.path.join(cache["dir"], register_fixed_task(), "train", "manifest.json")) as f:
+        assert json.load(f) == m
+
+
+def test_cached_loss_gradients_and_decoding_equal_raw(cache):
+    model = SLMTaskModel(CONFIG)
+    raw = next(get_batches(register_fixed_task(), "train", feature_lengths=FEATURE_LENGTHS, batch_size=8,
+                           shuffle=False))
+    cached = next(_cached(cache))
+    assert "features" not in cached
+    for k in ("instruction_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"):
+        assert np.array_equal(cached[k], raw[k]), k
+    expect, mask = jax.jit(lambda p, f, m: SLM(CONFIG).apply({"params": p}, f, m, method=SLM.speech_encoder_outputs))(
+        cache["params"], raw["features"], raw["feature_mask"])
+    assert np.array_equal(cached["encoded_mask"], np.asarray(mask).astype(np.int32))
+    np.testing.assert_allclose(cached["encoded_speech"], np.asarray(expect), rtol=0, atol=1e-6)
+
+    trainable, frozen = split_trainable(cache["params"], ["adapter/.*"])
+
+    @jax.jit
+    def loss_and_grads(t, batch):
+        def f(t):
+            sums = model.loss_fn({**frozen, **t}, batch, jax.random.PRNGKey(0), deterministic=False)
+            return sums["loss_sum"] / sums["weight_sum"]
+        return jax.value_and_grad(f)(t)
+
+    (l_raw, g_raw), (l_cached, g_cached) = loss_and_grads(trainable, raw), loss_and_grads(trainable, cached)
+    np.testing.assert_allclose(float(l_cached), float(l_raw), rtol=1e-5)
+    flat_raw, flat_cached = jax.tree_util.tree_leaves(g_raw), jax.tree_util.tree_leaves(g_cached)
+    assert len(flat_raw) == len(flat_cached) > 0
+    for a, b in zip(flat_cached, flat_raw):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+    decode = DecodeConfig(max_len=6)
+    tokens_raw, scores_raw = model.predict_batch(cache["params"], raw, decode)
+    tokens_cached, scores_cached = model.predict_batch(cache["params"], cached, decode)
+    assert np.array_equal(np.asarray(tokens_cached), np.asarray(tokens_raw))
+    np.testing.assert_allclose(np.asarray(scores_cached), np.asarray(scores_raw), rtol=1e-5)
+
+
+def test_resume_shards_and_epochs(cache):
+    first = list(itertools.islice(_cached(cache, batch_size=2, shuffle=True, seed=5), 6))
+    resumed = list(itertools.islice(_cached(cache, batch_size=2, shuffle=True, seed=5, start_batch=4), 2))
+    for a, b in zip(first[4:], resumed):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # every epoch (2 batches of 2) is a permutation of the 4 examples
+    for e in range(3):
+        rows = np.concatenate([first[2 * e]["decoder_target_tokens"], first[2 * e + 1]["decoder_target_tokens"]])
+        assert len({r.tobytes() for r in rows}) == 4
+    # two hosts together read the one-host global batch
+    hosts = [next(_cached(cache, batch_size=4, shuffle=True, seed=5, shard_index=i, num_shards=2)) for i in (0, 1)]
+    whole = next(_cached(cache, batch_size=4, shuffle=True, seed=5))
+    for k in whole:
+        assert np.array_equal(np.concatenate([hosts[0][k], hosts[1][k]]), whole[k])
+    # finite epochs: the remainder is kept or dropped
+    sizes = lambda **kw: [b["encoded_speech"].shape[0] for b in _cached(cache, batch_size=3, num_epochs=1, **kw)]  # noqa: E731
+    assert sizes(drop_remainder=False) == [3, 1] and sizes() == [3]
+
+
+def test_stale_cache_is_refused_naming_the_file(cache, tmp_path):
+    manifest = os.path.join(cache["dir"], register_fixed_task(), "train", "manifest.json")
+    enc = CONFIG.speech_encoder
+    other_encoder = dataclasses.replace(CONFIG, speech_encoder=dataclasses.replace(enc, conv_kernel_size=5))
+    with pytest.raises(StaleCacheError, match=f"(?s){re.escape(manifest)}.*speech_encoder.conv_kernel_size"):
+        _cached(cache, config=other_encoder)
+    other_stride = dataclasses.replace(CONFIG, adapter=dataclasses.replace(CONFIG.adapter, stride=4))
+    with pytest.raises(StaleCacheError, match=f"(?s){re.escape(manifest)}.*adapter_input.stride"):
+        _cached(cache, config=other_stride)
+    with pytest.raises(StaleCacheError, match=f"(?s){re.escape(manifest)}.*feature_lengths.targets"):
+        _cached(cache, feature_lengths={**FEATURE_LENGTHS, "targets": 16})
+    # other encoder weights: another checkpoint file, or a random init
+    other = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1e-3, cache["params"]["speech_encoder"])
+    save_params(str(tmp_path / "other.msgpack"), other)
+    with pytest.raises(StaleCacheError, match=f"(?s){re.escape(manifest)}.*speech_encoder_checkpoint_sha256"):
+        _cached(cache, speech_encoder_checkpoint=str(tmp_path / "other.msgpack"))
+    with pytest.raises(StaleCacheError, match=f"(?s){re.escape(manifest)}.*init_seed"):
+        _cached(cache, speech_encoder_checkpoint=None)
+    with pytest.raises(FileNotFoundError, match="validation/manifest.json"):
+        cached_batches(register_fixed_task(), "validation", feature_lengths=FEATURE_LENGTHS, cache_dir=cache["dir"],
+                       config=CONFIG)
+
+
+def test_encoder_dropout_is_refused(tmp_path):
+    cfg = dataclasses.replace(CONFIG, speech_encoder=dataclasses.replace(CONFIG.speech_encoder, dropout_rate=0.1))
+    with pytest.raises(ValueError, match="dropout_rate=0.1"):
+        build_cache(str(tmp_path), register_fixed_task(), feature_lengths=FEATURE_LENGTHS, config=cfg,
+                    encoder_params={}, weights=weights_id(None))
+
+
+# ----------------------------------------------------------------------------- through main.py
+
+def _flags(run_dir, *bindings):
+    task = register_fixed_task()
+    return [f"--gin_file={TINY_GIN}", f"--gin.run.run_dir='{run_dir}'", f"--gin.train.train_task='{task}'",
+            f"--gin.train.feature_lengths={FEATURE_LENGTHS}", "--gin.train.batch_size=8",
+            "--gin.train.train_steps=4", "--gin.train.log_every=1", "--gin.train.shuffle=False",
+            "--gin.setup.async_save=False", "--gin.make_schedule.learning_rate=1e-2",
+            "--gin.make_schedule.warmup_steps=1", *bindings]
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "train_metrics.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f)]
+
+
+def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path):
+    """Built by the CLI from the run's own gin config (random-init encoder, train.seed), then
+    trained with train.input_fn = @cached_batches; unshuffled, the batches are get_batches'."""
+    use_cache = ["--gin.train.input_fn=@cached_batches", f"--gin.cached_batches.cache_dir='{tmp_path / 'cache'}'"]
+    manifest = feature_cache.main(_flags(tmp_path / "cached", *use_cache))
+    assert manifest["count"] == 4 and manifest["fingerprint"]["weights"] == {"init_seed": 0}
+    main.main(_flags(tmp_path / "cached", *use_cache))
+    main.main(_flags(tmp_path / "raw"))
+    raw, cached = _losses(tmp_path / "raw"), _losses(tmp_path / "cached")
+    assert len(raw) == 4 and raw[-1] < raw[0]
+    np.testing.assert_allclose(cached, raw, rtol=1e-5)
