@@ -368,6 +368,13 @@ def count_params(tree) -> int:
 TRAIN_LR, TRAIN_Z_LOSS = 1e-4, 1e-4   # AdamW learning rate, z-loss of the benchmarked train step
 
 
+def adapter_trainer(model, lr: float = 1e-4, **adamw):
+    """(1-device partitioner, adapter-only Trainer with AdamW + clipping 1.0) for `model`."""
+    part = Partitioner(make_mesh(MeshConfig(data=1, model=1), devices=jax.devices()[:1]))
+    tx = make_optimizer("adamw", schedule=optax.constant_schedule(lr), weight_decay=0.0, clip_norm=1.0, **adamw)
+    return part, Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
+
+
 def ours_train_step(pair: Pair, batch):
     """Our adapter-only train step (`Trainer(trainable_patterns=("adapter/.*",))` on a 1-device
     mesh, AdamW with clipping 1.0), compiled for `batch`'s shapes. Returns (model, step, FLOPs
@@ -375,10 +382,7 @@ def ours_train_step(pair: Pair, batch):
     blocks on its loss; `step(new_batch, block=False)` feeds a numpy batch of the same shapes
     and returns without waiting, as a training loop does."""
     model = SLMTaskModel(pair.config, z_loss=TRAIN_Z_LOSS)
-    part = Partitioner(make_mesh(MeshConfig(data=1, model=1), devices=jax.devices()[:1]))
-    tx = make_optimizer("adamw", schedule=optax.constant_schedule(TRAIN_LR), weight_decay=0.0, clip_norm=1.0,
-                        b1=0.9, b2=0.98)
-    trainer = Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
+    part, trainer = adapter_trainer(model, TRAIN_LR, b1=0.9, b2=0.98)
     train, frozen = trainer.split(pair.params)
     state = trainer.init_state(train)
     dev_batch, rng = part.shard_batch(batch), jax.random.PRNGKey(0)

@@ -32,15 +32,12 @@ import common  # first: pins threads before jax / torch load
 import flax.linen as nn
 import jax
 import numpy as np
-import optax
 import seqio
 import tensorflow as tf
 
 from slm_jax.feature_cache import build_cache, cached_batches, weights_id
 from slm_jax.models.slm import SLM
-from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.task_model import SLMTaskModel
-from slm_jax.trainer import Trainer, make_optimizer
 
 TOKENS = ("instruction_tokens", "decoder_input_tokens", "decoder_target_tokens")
 LOSS_TOL, PARAM_TOL = 1e-5, 1e-5   # relative; float32
@@ -91,9 +88,7 @@ def step_rows(name: str, args) -> tuple[dict, dict]:
     s = common.SIZES[name]
     config = common.slm_config(s)
     model = SLMTaskModel(config)
-    part = Partitioner(make_mesh(MeshConfig(data=1, model=1), devices=jax.devices()[:1]))
-    tx = make_optimizer("adamw", schedule=optax.constant_schedule(1e-4), weight_decay=0.0, clip_norm=1.0)
-    trainer = Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
+    part, trainer = common.adapter_trainer(model)
     params = nn.meta.unbox(jax.jit(model.init_boxed)(jax.random.PRNGKey(0)))
     train, frozen = trainer.split(params)
     raw = common.make_batch(s)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import glob
 import os
 import re
@@ -41,9 +40,7 @@ from slm_jax.compile_stats import count_compilations
 from slm_jax.losses import cross_entropy_sums
 from slm_jax.models import t5 as t5_lib
 from slm_jax.models.slm import SLM, pack
-from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.task_model import DecodeConfig, SLMTaskModel
-from slm_jax.trainer import Trainer, make_optimizer
 
 BEAMS = 4
 
@@ -54,12 +51,10 @@ def build(name: str):
     size = common.SIZES[name]
     cfg = common.slm_config(size)
     model = SLMTaskModel(cfg)
-    part = Partitioner(make_mesh(MeshConfig(data=1, model=1), devices=jax.devices()[:1]))
-    tx = make_optimizer("adamw", schedule=optax.constant_schedule(1e-4), weight_decay=0.0, clip_norm=1.0)
-    trainer = Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
+    part, trainer = common.adapter_trainer(model)
     params = nn.meta.unbox(jax.jit(model.init_boxed)(jax.random.PRNGKey(0)))
     batch = part.shard_batch(common.make_batch(size))
-    return size, model, trainer, tx, params, batch
+    return size, model, trainer, trainer.tx, params, batch
 
 
 def train_pieces(model: SLMTaskModel, tx, params, batch) -> dict:

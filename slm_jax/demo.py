@@ -25,8 +25,6 @@ import time
 from typing import Any, Sequence
 
 import gin
-import jax
-import numpy as np
 
 LANGS = ("en", "fr", "de", "es")
 AST_PAIRS = ("fr_en", "de_en", "es_en", "en_fr", "en_de", "en_es")
@@ -45,9 +43,11 @@ def _sha(path: str) -> str:
 class Demo:
     """Runs the stages with their gin files plus bindings; caches results as JSON files."""
 
-    def __init__(self, run_dir: str, world: str, steps: dict, extra: Sequence[str], eval_examples: int | None):
+    def __init__(self, run_dir: str, world: str, steps: dict, extra: Sequence[str], eval_examples: int | None,
+                 eval_split: str = "test"):
         self.dir = os.path.abspath(run_dir)
         self.world, self.steps, self.extra, self.eval_examples = world, steps, list(extra), eval_examples
+        self.eval_split = eval_split   # of the spoken_world tasks; FSDD has only "test"
         os.makedirs(self.dir, exist_ok=True)
         self.llm_path = os.path.join(self.dir, "llm.msgpack")
         self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
@@ -105,23 +105,27 @@ class Demo:
                              f"--gin.train.train_steps={self.steps['slm']}")
         return self.cached(f"train_slm_depth{depth}", train)
 
-    def eval_slm(self, depth: int, tasks: list[str], tag: str, untrained: bool = False) -> dict:
+    def eval_slm(self, depth: int, tasks: list[str], tag: str, untrained: bool = False,
+                 split: str | None = None) -> dict:
         run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
         limit = [f"--gin.evaluate.max_examples={self.eval_examples}"] if self.eval_examples else []
         return self.cached(f"eval_{tag}", lambda: self.main(
             "gin/runs/demo_slm.gin", *self.slm_bindings(depth, run_dir), "--gin.run.mode='eval'",
-            f"--gin.evaluate.eval_tasks={tasks}", f"--gin.evaluate.tag='_{tag}'", *limit))
+            f"--gin.evaluate.eval_tasks={tasks}", f"--gin.evaluate.tag='_{tag}'",
+            f"--gin.evaluate.split='{split or self.eval_split}'", *limit))
 
 
 @gin.configurable
 def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encoder_steps: int = 1500,
              slm_steps: int = 1000, depths: Sequence[int] = (0, 1, 2, 4), main_depth: int = 2,
-             eval_examples: int | None = None, extra_bindings: Sequence[str] = ()) -> dict:
-    """All stages, then the report. Returns the report's numbers (also in results/report.json)."""
+             eval_examples: int | None = None, eval_split: str = "test",
+             extra_bindings: Sequence[str] = ()) -> dict:
+    """All stages, then the report. Returns the report's numbers (also in results/report.json).
+    eval_split: the spoken_world split scored ("test": held-out voices; FSDD is always "test")."""
     from slm_jax import demo_report
     t0 = time.time()
     d = Demo(run_dir, world, {"llm": llm_steps, "encoder": encoder_steps, "slm": slm_steps}, extra_bindings,
-             eval_examples)
+             eval_examples, eval_split)
     _log(f"stage 1/5 data ({world})")
     d.data()
     _log("stage 2/5 LLM foundation (text pretraining + instruction tuning)")

@@ -71,7 +71,7 @@ def _score(task_name: str, targets, preds) -> dict:
     return out
 
 
-def text_examples(task_name: str, split: str = "test", limit: int | None = None):
+def text_examples(task_name: str, split: str, limit: int | None = None):
     """(text, instruction, target) of a speech task's records, with the text in place of speech."""
     import seqio
     src = seqio.get_mixture_or_task(task_name).source
@@ -96,7 +96,7 @@ def text_scores(d) -> dict:
     vocab = _vocab()
     out = {}
     for name in eval_task_names(d):
-        exs = text_examples(name, limit=d.eval_examples)
+        exs = text_examples(name, d.eval_split, limit=d.eval_examples)
         preds = _decode_text(model, params, [vocab.encode(t) + vocab.encode(i) for t, i, _ in exs])
         out[name] = _score(name, [g for _, _, g in exs], preds)
     _log("LLM text scores: " + ", ".join(f"{k.split('_', 3)[-1]}={list(v.values())[0]:.3g}" for k, v in out.items()))
@@ -116,7 +116,7 @@ def cascade_scores(d) -> dict:
     out = {}
     for name in eval_task_names(d):
         inputs, targets, asr = [], [], []
-        for batch in get_batches(name, "test", feature_lengths=lengths, batch_size=32, shuffle=False, num_epochs=1,
+        for batch in get_batches(name, d.eval_split, feature_lengths=lengths, batch_size=32, shuffle=False, num_epochs=1,
                                  drop_remainder=False):
             n = batch["features"].shape[0]
             pad = lambda x: np.concatenate([x, np.zeros((32 - n,) + x.shape[1:], x.dtype)])  # noqa: E731
@@ -174,7 +174,9 @@ def build(d, depths: Sequence[int], main_depth: int, train_results: dict, text_b
     asr_ast = [d.task(f"asr_{l}") for l in LANGS] + [d.task(f"ast_{p}") for p in AST_PAIRS]
     per_depth = {depth: d.eval_slm(depth, asr_ast, f"depth{depth}") for depth in depths}
     zero_shot = d.eval_slm(main_depth, [d.task(n) for n in INSTRUCT] + [d.task(f"biasing_{l}") for l in LANGS]
-                           + nolist + fsdd_tasks, "zeroshot")
+                           + nolist, "zeroshot")
+    if fsdd_tasks:   # real speech: its only split is "test"
+        zero_shot = {**zero_shot, **d.eval_slm(main_depth, fsdd_tasks, "fsdd", split="test")}
     untrained = d.eval_slm(main_depth, [d.task(f"asr_{l}") for l in LANGS], "untrained", untrained=True)
     cascade = d.cached("cascade", lambda: cascade_scores(d))
     text_after = d.cached("llm_text_after", lambda: text_scores(d))
@@ -221,7 +223,8 @@ def _markdown(d, rep, depths, main_depth, nolist, fsdd_tasks) -> str:
     L.append(f"Trainable (adapter, depth {main_depth}): {c['trainable']:,} of {c['total']:,} parameters "
              f"= **{100 * c['trainable_fraction']:.2f}%** (speech encoder {c['speech_encoder']:,}, "
              f"LLM {c['llm']:,}).\n")
-    L.append("## ASR (WER, held-out voices) and AST (BLEU)\n")
+    where = "held-out voices" if d.eval_split == "test" else f"the {d.eval_split} split"
+    L.append(f"## ASR (WER, {where}) and AST (BLEU)\n")
     head = "| system | " + " | ".join(f"WER {l}" for l in LANGS) + " | WER avg | BLEU avg (6 pairs) |"
     L += [head, "|" + "---|" * (len(LANGS) + 3)]
 

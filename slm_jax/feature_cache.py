@@ -501,12 +501,6 @@ def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """python -m slm_jax.feature_cache --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]"""
-    from slm_jax.main import parse_flags  # also registers train / setup / the model configurables
-    files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
-    for f in files:
-        if not os.path.isfile(f):
-            raise SystemExit(f"gin file not found: {f}")
-    gin.clear_config()
-    gin.add_config_file_search_path(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    from slm_jax.main import parse_gin  # also registers train / setup / the model configurables
+    parse_gin(argv)
     return cache_features()

@@ -244,6 +244,9 @@ def infer(run_dir: str, *, audio_files: Sequence[str] = gin.REQUIRED, instructio
 
 # ----------------------------------------------------------------------------- CLI
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @gin.configurable
 def run(mode: str = "train", run_dir: str = gin.REQUIRED) -> Any:
     """Dispatch to a mode."""
@@ -283,16 +286,22 @@ def init_distributed() -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    if argv is None:
-        init_distributed()
+def parse_gin(argv: Sequence[str] | None) -> None:
+    """Parse `--gin_file=F ... --gin.NAME=VALUE ...` (argv, or sys.argv[1:] when None) into a
+    fresh gin config; gin includes also resolve against the repository root."""
     files, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
     for f in files:
         if not os.path.isfile(f):
             raise SystemExit(f"gin file not found: {f}")
     gin.clear_config()
-    gin.add_config_file_search_path(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gin.add_config_file_search_path(REPO_ROOT)
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    if argv is None:
+        init_distributed()
+    parse_gin(argv)
     logging.basicConfig(level=logging.WARNING)
     return run()
 

@@ -3,6 +3,7 @@ and mixture through SLMFeatureConverter, honest example counts and mixture rates
 with bad rows, held-out voices, determinism, FSDD (skipped when absent)."""
 
 import collections
+import itertools
 import json
 import math
 import os
@@ -370,3 +371,36 @@ def test_fsdd_eval_tasks():
         _check_batch(batch, 4)
         targets = [v.decode([t for t in r if t > EOS]) for r in batch["decoder_target_tokens"]]
         assert all((t in words) if name == "fsdd_asr_en" else t in "0123456789" for t in targets), targets
+
+
+def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
+    name, kw = "spoken_world_tiny_asr_en", dict(feature_lengths=LENGTHS, batch_size=4, seed=3)
+
+    def rows(batches):   # (valid frames, targets) of every example, order-free
+        return sorted((int(b["feature_mask"][i].sum()), tuple(b["decoder_target_tokens"][i].tolist()))
+                      for b in batches for i in range(len(b["feature_mask"])))
+
+    plain = list(get_batches(name, "train", num_epochs=1, drop_remainder=False, **kw))
+    lengths = np.array([n for n, _ in rows(plain)])
+    buckets = sorted({int(np.quantile(lengths, 1 / 3)), int(np.quantile(lengths, 2 / 3))})
+    bounds = buckets + [LENGTHS["speech"]]
+    bucketed = list(get_batches(name, "train", num_epochs=1, drop_remainder=False, speech_buckets=buckets, **kw))
+    assert rows(bucketed) == rows(plain)        # the same examples: none dropped, none repeated
+    widths = set()
+    for b in bucketed:
+        width = b["features"].shape[1]
+        assert width in bounds and b["feature_mask"].shape[1] == width
+        lower = max([x for x in bounds if x < width], default=0)
+        valid = b["feature_mask"].sum(1)
+        assert (valid <= width).all() and (valid > lower).all()   # each example in its own bucket
+        assert not b["features"][b["feature_mask"] == 0].any()    # padding is zeros
+        widths.add(width)
+    assert len(widths) >= 2
+    # resuming at batch k yields exactly the batches an uninterrupted run yields from k on
+    full = list(itertools.islice(get_batches(name, "train", speech_buckets=buckets, **kw), 8))
+    tail = list(itertools.islice(get_batches(name, "train", speech_buckets=buckets, start_batch=5, **kw), 3))
+    for a, b in zip(full[5:], tail):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(ValueError, match="single input shard"):
+        get_batches(name, "train", speech_buckets=buckets, num_shards=2, **kw)
