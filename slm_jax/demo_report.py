@@ -26,11 +26,9 @@ def _models(d):
     gin.parse_config_files_and_bindings(["gin/models/demo.gin"], [b[len("--gin."):] for b in d.extra
                                                                   if b.startswith("--gin.")],
                                         finalize_config=False)
-    llm = gin.query_parameter("T5TaskModel.config").scoped_configurable_fn()
-    enc = gin.query_parameter("CTCTaskModel.config").scoped_configurable_fn()
-    vocab_size = gin.query_parameter("CTCTaskModel.vocab_size")
+    models = T5TaskModel(), CTCTaskModel()   # built from the gin bindings just parsed
     gin.clear_config()
-    return T5TaskModel(llm), CTCTaskModel(enc, vocab_size)
+    return models
 
 
 def _vocab():
