@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import gin
 import numpy as np
@@ -78,14 +78,24 @@ def _pad(rows: list[list[int]], length: int) -> np.ndarray:
 def text_batches(task: str = "world_text", split: str = "train", *, feature_lengths: Mapping[str, int],
                  batch_size: int = 32, seed: int = 0, shuffle: bool = True, start_batch: int = 0,
                  shard_index: int = 0, num_shards: int = 1, n_items: int = 4000, span_fraction: float = 0.3,
-                 model_vocab_size: int = 1024, **unused) -> Iterator[dict[str, np.ndarray]]:
+                 model_vocab_size: int = 1024, first_tasks: Sequence[str] = (), first_batches: int = 0,
+                 **unused) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches for T5TaskModel: a `span_fraction` share of span-corruption examples,
-    the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}."""
+    the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}.
+
+    Curriculum: the first `first_batches` batches hold only instruction examples of the tasks
+    whose names start with one of `first_tasks` (e.g. ("asr_",): repeating the text). A small
+    model learns to carry content from its input to its output quickly on such a task alone, and
+    slowly, if at all, inside the full mixture, where the target's language model is an easier
+    way down the loss; translation and the other tasks then build on it."""
     vocab = vocab_lib.get_vocabulary()
     if model_vocab_size - NUM_SENTINELS < vocab.vocab_size:
         raise ValueError(f"text_batches: model_vocab_size {model_vocab_size} leaves no room for "
                          f"{NUM_SENTINELS} sentinels above the {vocab.vocab_size}-piece vocabulary")
     examples = instruction_examples(split, n_items)
+    first = [e for e in examples if e[0].startswith(tuple(first_tasks))] if first_tasks else examples
+    if first_batches and not first:
+        raise ValueError(f"text_batches: no instruction task starts with any of first_tasks={list(first_tasks)}")
     texts = [r["text"] for r in _records(split, n_items)]
     eos = 1
     local = batch_size // num_shards
@@ -93,11 +103,12 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
     while True:
         rng = random.Random(f"{seed}-{b}")
         enc, tgt = [], []
+        warm = b < first_batches
         for _ in range(batch_size):
-            if rng.random() < span_fraction:
+            if not warm and rng.random() < span_fraction:
                 i, t = span_corruption(vocab.encode(rng.choice(texts)), rng, model_vocab_size)
             else:
-                _, text, instruction, target = rng.choice(examples)
+                _, text, instruction, target = rng.choice(first if warm else examples)
                 i, t = vocab.encode(text) + vocab.encode(instruction), vocab.encode(target)
             enc.append(i)
             tgt.append(t + [eos])
