@@ -44,10 +44,11 @@ class Demo:
     """Runs the stages with their gin files plus bindings; caches results as JSON files."""
 
     def __init__(self, run_dir: str, world: str, steps: dict, extra: Sequence[str], eval_examples: int | None,
-                 eval_split: str = "test"):
+                 eval_split: str = "test", fsdd: bool = True):
         self.dir = os.path.abspath(run_dir)
         self.world, self.steps, self.extra, self.eval_examples = world, steps, list(extra), eval_examples
         self.eval_split = eval_split   # of the spoken_world tasks; FSDD has only "test"
+        self.fsdd = fsdd               # evaluate on the FSDD real-speech digits (when present)
         os.makedirs(self.dir, exist_ok=True)
         self.llm_path = os.path.join(self.dir, "llm.msgpack")
         self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
@@ -118,14 +119,15 @@ class Demo:
 @gin.configurable
 def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encoder_steps: int = 1500,
              slm_steps: int = 1000, depths: Sequence[int] = (0, 1, 2, 4), main_depth: int = 2,
-             eval_examples: int | None = None, eval_split: str = "test",
+             eval_examples: int | None = None, eval_split: str = "test", fsdd: bool = True,
              extra_bindings: Sequence[str] = ()) -> dict:
     """All stages, then the report. Returns the report's numbers (also in results/report.json).
-    eval_split: the spoken_world split scored ("test": held-out voices; FSDD is always "test")."""
+    eval_split: the spoken_world split scored ("test": held-out voices; FSDD is always "test").
+    fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent)."""
     from slm_jax import demo_report
     t0 = time.time()
     d = Demo(run_dir, world, {"llm": llm_steps, "encoder": encoder_steps, "slm": slm_steps}, extra_bindings,
-             eval_examples, eval_split)
+             eval_examples, eval_split, fsdd)
     _log(f"stage 1/5 data ({world})")
     d.data()
     _log("stage 2/5 LLM foundation (text pretraining + instruction tuning)")

@@ -167,7 +167,7 @@ def build(d, depths: Sequence[int], main_depth: int, train_results: dict, text_b
         common.register_task(name, biasing.corpus, (lambda mk, pl: lambda r: pl(r) if mk(r) else None)(
             biasing.make, plain), common.METRICS["asr"], replace=True)
         nolist.append(name)
-    fsdd_tasks = [n for n in ("fsdd_asr_en", "fsdd_digits") if n in seqio.TaskRegistry.names()]
+    fsdd_tasks = [n for n in ("fsdd_asr_en", "fsdd_digits") if d.fsdd and n in seqio.TaskRegistry.names()]
 
     asr_ast = [d.task(f"asr_{l}") for l in LANGS] + [d.task(f"ast_{p}") for p in AST_PAIRS]
     per_depth = {depth: d.eval_slm(depth, asr_ast, f"depth{depth}") for depth in depths}
@@ -269,7 +269,7 @@ def _markdown(d, rep, depths, main_depth, nolist, fsdd_tasks) -> str:
         for n in fsdd_tasks:
             L.append(f"- {n}: " + ", ".join(f"{k} {v:.3g}" for k, v in rep["zero_shot"].get(n, {}).items()))
     else:
-        L.append("- FSDD not found (../shared/data/fsdd); skipped.")
+        L.append("- not evaluated: " + ("run_demo.fsdd = False." if not d.fsdd else "FSDD not found (../shared/data/fsdd)."))
     L.append("")
     L.append("## Adapter training\n")
     L += ["| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
