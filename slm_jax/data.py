@@ -104,6 +104,13 @@ def _bucket_by_speech_length(ds: tf.data.Dataset, buckets: Sequence[int], max_fr
     return ds.map(trim)
 
 
+def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """A short (last) numpy batch padded with zero rows to `rows`, so it reuses the step compiled
+    for full batches; callers cut the outputs back to the real rows."""
+    return {k: np.concatenate([v, np.zeros((rows - v.shape[0],) + v.shape[1:], v.dtype)]) if v.shape[0] < rows else v
+            for k, v in batch.items()}
+
+
 @gin.configurable
 def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", *,
                 feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,

@@ -14,6 +14,7 @@ import numpy as np
 from slm_jax import metrics
 from slm_jax.checkpoints.params_io import load_params
 from slm_jax.demo import AST_PAIRS, INSTRUCT, LANGS, _log, _sha
+from tasks.llm_text import pad_ids
 
 MAX_LEN = 24
 
@@ -36,14 +37,6 @@ def _vocab():
     return vocab.get_vocabulary()
 
 
-def _pad(rows, length):
-    out = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        r = list(r)[:length]
-        out[i, :len(r)] = r
-    return out
-
-
 def _decode_text(model, params, inputs: list[list[int]], batch: int = 64) -> list[str]:
     """Greedy LLM decoding of token-id inputs -> strings."""
     from slm_jax.task_model import DecodeConfig
@@ -52,7 +45,7 @@ def _decode_text(model, params, inputs: list[list[int]], batch: int = 64) -> lis
     out = []
     for i in range(0, len(inputs), batch):
         chunk = inputs[i:i + batch]
-        x = _pad(chunk + [[1]] * (batch - len(chunk)), 96)
+        x = pad_ids(chunk + [[1]] * (batch - len(chunk)), 96)
         toks, _ = model.predict_batch(params, {"encoder_input_tokens": x}, cfg)
         for t in np.asarray(toks)[:len(chunk)]:
             t = t.tolist()
@@ -104,7 +97,7 @@ def text_scores(d) -> dict:
 def cascade_scores(d) -> dict:
     """CTC ASR of the speech encoder -> the text LLM with the task's instruction."""
     import tasks  # noqa: F401
-    from slm_jax.data import get_batches
+    from slm_jax.data import get_batches, pad_rows
     t5, ctc = _models(d)
     llm_params = load_params(d.llm_path)
     enc_params = load_params(d.encoder_path)
@@ -117,8 +110,7 @@ def cascade_scores(d) -> dict:
         for batch in get_batches(name, d.eval_split, feature_lengths=lengths, batch_size=32, shuffle=False, num_epochs=1,
                                  drop_remainder=False):
             n = batch["features"].shape[0]
-            pad = lambda x: np.concatenate([x, np.zeros((32 - n,) + x.shape[1:], x.dtype)])  # noqa: E731
-            ids = np.asarray(ctc.predict_batch(ctc_params, {k: pad(v) for k, v in batch.items()}))[:n]
+            ids = np.asarray(ctc.predict_batch(ctc_params, pad_rows(batch, 32)))[:n]
             for row, inst, tgt in zip(ids, batch["instruction_tokens"], batch["decoder_target_tokens"]):
                 hyp = [int(t) for t in row if t > 0]
                 asr.append(vocab.decode(hyp))

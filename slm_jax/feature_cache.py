@@ -235,7 +235,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     what identifies them in the fingerprint. A mixture's cache holds seqio's one-epoch mixture
     stream (sampled by rate, ending when a first task runs out): prefer caching tasks."""
     from array_record.python.array_record_module import ArrayRecordWriter
-    from slm_jax.data import get_batches
+    from slm_jax.data import get_batches, pad_rows
 
     enc_cfg = config.speech_encoder
     if getattr(enc_cfg, "dropout_rate", 0.0) > 0:
@@ -248,9 +248,11 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             old = json.load(f)
-        up_to_date = (old.get("format") == CACHE_FORMAT and old.get("fingerprint") == fp
-                      and old.get("feature_lengths") == _jsonable(dict(feature_lengths))
-                      and all(os.path.isfile(os.path.join(out_dir, s["file"])) for s in old.get("shards", [])))
+        try:
+            check_manifest(old, manifest_path, fingerprint_=fp, feature_lengths=feature_lengths)
+            up_to_date = all(os.path.isfile(os.path.join(out_dir, s["file"])) for s in old.get("shards", []))
+        except StaleCacheError:
+            up_to_date = False
         if up_to_date and not overwrite:
             if verbose:
                 print(f"[feature_cache] {manifest_path} is up to date ({old['count']} examples)", flush=True)
@@ -290,11 +292,8 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     for batch in get_batches(task, split, feature_lengths=feature_lengths, batch_size=batch_size, shuffle=False,
                              seed=seed, num_epochs=1, drop_remainder=False):
         n = batch["features"].shape[0]
-        feats, fmask = batch["features"], batch["feature_mask"]
-        if n < batch_size:   # one compiled shape: pad the last batch, cut its outputs
-            pad = lambda x: np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])  # noqa: E731
-            feats, fmask = pad(feats), pad(fmask)
-        outputs = encode(encoder_params, feats, fmask)   # dispatched; written while the next batch runs
+        speech = pad_rows({k: batch[k] for k in ("features", "feature_mask")}, batch_size)   # one compiled shape
+        outputs = encode(encoder_params, speech["features"], speech["feature_mask"])   # written while the next batch runs
         if pending is not None:
             write(*pending)
         pending = (batch, n, outputs)

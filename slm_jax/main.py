@@ -29,7 +29,7 @@ import numpy as np
 from slm_jax import configs  # noqa: F401  (registers gin configurables)
 from slm_jax.checkpoints.manager import TrainCheckpointer, state_fingerprint
 from slm_jax.checkpoints.params_io import load_foundation, save_params
-from slm_jax.data import get_batches
+from slm_jax.data import get_batches, pad_rows
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.progress import MetricsWriter, Progress
 from slm_jax.task_model import DecodeConfig, SLMTaskModel
@@ -143,11 +143,6 @@ def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapp
 
 # ----------------------------------------------------------------------------- eval
 
-def _pad_rows(batch: dict, rows: int) -> dict:
-    return {k: np.concatenate([v, np.zeros((rows - v.shape[0],) + v.shape[1:], v.dtype)]) if v.shape[0] < rows else v
-            for k, v in batch.items()}
-
-
 def _text(vocab, ids: np.ndarray, eos_id: int) -> str:
     ids = [int(t) for t in ids]
     if eos_id in ids:
@@ -185,7 +180,7 @@ def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: s
         for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
                                  shuffle=False, num_epochs=1, drop_remainder=False):
             n = batch["features"].shape[0]
-            tokens, _ = s.model.predict_batch(params, s.partitioner.shard_batch(_pad_rows(batch, batch_size)), decode)
+            tokens, _ = s.model.predict_batch(params, s.partitioner.shard_batch(pad_rows(batch, batch_size)), decode)
             tokens = np.asarray(jax.device_get(tokens))[:n]
             preds += [_text(vocab, t, eos) for t in tokens]
             targets += [_text(vocab, t, eos) for t in batch["decoder_target_tokens"]]

@@ -66,10 +66,11 @@ def span_corruption(ids: list[int], rng: random.Random, vocab_size: int, noise: 
     return inputs, targets
 
 
-def _pad(rows: list[list[int]], length: int) -> np.ndarray:
+def pad_ids(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """Token-id rows -> int32 [len(rows), length], cut at `length`, zero-padded."""
     out = np.zeros((len(rows), length), np.int32)
     for i, r in enumerate(rows):
-        r = r[:length]
+        r = list(r)[:length]
         out[i, :len(r)] = r
     return out
 
@@ -113,8 +114,8 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
             enc.append(i)
             tgt.append(t + [eos])
         enc, tgt = enc[shard_index * local:(shard_index + 1) * local], tgt[shard_index * local:(shard_index + 1) * local]
-        targets = _pad(tgt, feature_lengths["targets"])
-        yield {"encoder_input_tokens": _pad(enc, feature_lengths["inputs"]),
+        targets = pad_ids(tgt, feature_lengths["targets"])
+        yield {"encoder_input_tokens": pad_ids(enc, feature_lengths["inputs"]),
                "decoder_input_tokens": np.concatenate([np.zeros((local, 1), np.int32), targets[:, :-1]], 1),
                "decoder_target_tokens": targets,
                "decoder_loss_weights": (targets > 0).astype(np.int32)}
