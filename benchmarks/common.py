@@ -10,6 +10,12 @@ default: every CPU of this process):
   - OMP_NUM_THREADS / MKL_NUM_THREADS / OPENBLAS_NUM_THREADS = N for torch and numpy's BLAS,
     then torch.set_num_threads(N) and torch.set_num_interop_threads(1).
 
+Device (`--device cpu|gpu`, default cpu). With gpu, jax runs on its CUDA backend and the torch
+reference on "cuda" (both allocating on demand, so they share the card); float32 matmuls may use
+TF32 on both sides (jax's default on GPU; torch.backends.cuda.matmul.allow_tf32), while the
+same-math checks run inside `exact_matmuls()` (full float32 on both). Thread pinning still
+applies to the host side.
+
 Timing (`time_interleaved`): warm-up calls (jit compilation, allocator warm-up) are excluded;
 the candidates are then called alternately, `repeats` times each, so changing background load on
 a shared machine hits all of them alike; we report the median (and min/max) wall time of one
@@ -24,6 +30,7 @@ Flax and copied into `TorchAdapter` (the same layers written in torch).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -33,13 +40,18 @@ import time
 from typing import Callable, Sequence
 
 
-def _argv_threads() -> int:
+def _argv(flag: str, default: str) -> str:
     for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv):
-            return int(sys.argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return len(os.sched_getaffinity(0))
+        if a == flag and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return default
+
+
+DEVICE = _argv("--device", "cpu")
+if DEVICE not in ("cpu", "gpu"):
+    raise SystemExit(f"--device must be cpu or gpu, got {DEVICE!r}")
 
 
 def pin_threads(n: int) -> int:
@@ -52,12 +64,16 @@ def pin_threads(n: int) -> int:
         os.environ[var] = str(n)
     if n == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if DEVICE == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:
+        os.environ.setdefault("JAX_PLATFORMS", "cuda")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # torch shares the card
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return n
 
 
-THREADS = pin_threads(_argv_threads())   # must run before numpy / jax / torch are imported
+THREADS = pin_threads(int(_argv("--threads", str(len(os.sched_getaffinity(0))))))   # must run before numpy / jax / torch are imported
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -70,6 +86,13 @@ from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
 torch.set_num_threads(THREADS)
 torch.set_num_interop_threads(1)
+TORCH_DEVICE = torch.device("cuda" if DEVICE == "gpu" else "cpu")
+if DEVICE == "gpu":
+    torch.backends.cuda.matmul.allow_tf32 = True      # as jax's default float32 dot on GPU
+    torch.backends.cudnn.allow_tf32 = True
+    WHERE = f"GPU {torch.cuda.get_device_name(0)}"
+else:
+    WHERE = f"{THREADS} CPU thread(s)"
 transformers.utils.logging.disable_progress_bar()
 
 from slm_jax.checkpoints.hf_t5 import load_hf_t5  # noqa: E402
@@ -86,6 +109,8 @@ FRAME_SECONDS = 0.010   # one input feature frame = 10 ms of audio (80-dim log-m
 def add_common_args(parser, configs=("tiny", "small")):
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="CPU threads for both frameworks (pinned at import, see common.py)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default=DEVICE,
+                        help="where both frameworks run (read at import, see common.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate (median)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed calls first (jit compilation; eager torch needs ~3 calls to settle)")
@@ -145,6 +170,11 @@ SIZES = {
                   adapter_hidden=256, adapter_layers=2, adapter_heads=4, adapter_ffn=1024, stride=4,
                   d_model=256, llm_layers=4, llm_heads=4, d_kv=64, d_ff=1024, vocab=8000,
                   batch=8, frames=400, instr_len=16, target_len=32),
+    # ~90 M parameters (an mT5-small-sized LLM with a 32k vocabulary), 10 s of audio x 16: for GPUs
+    "base": Size(enc_hidden=512, enc_layers=8, enc_heads=8, enc_ffn=2048, enc_conv_kernel=31,
+                 adapter_hidden=512, adapter_layers=2, adapter_heads=8, adapter_ffn=2048, stride=4,
+                 d_model=512, llm_layers=8, llm_heads=8, d_kv=64, d_ff=1024, vocab=32000,
+                 batch=16, frames=1000, instr_len=32, target_len=64),
 }
 
 
@@ -269,7 +299,7 @@ class TorchAdapter(torch.nn.Module):
         mine = dict(self.named_parameters())
         out = {}
         for path in traverse_util.flatten_dict(params, sep="/"):
-            g = mine[self.torch_name(path)].grad.numpy()
+            g = mine[self.torch_name(path)].grad.cpu().numpy()
             out[path] = g.T if path.endswith("kernel") else g
         return out
 
@@ -279,7 +309,7 @@ def torch_pack(first, first_mask, second, second_mask):
     s, l = first.shape[1], second.shape[1]
     n1 = first_mask.long().sum(-1, keepdim=True)
     n2 = second_mask.long().sum(-1, keepdim=True)
-    pos = torch.arange(s + l)[None]
+    pos = torch.arange(s + l, device=first.device)[None]
     valid = pos < n1 + n2
     src = torch.where(valid, torch.where(pos < n1, pos, s + pos - n1), 0)
     joined = torch.cat([first, second.to(first.dtype)], dim=1)
@@ -324,8 +354,8 @@ def torch_loss(logits, targets, z_loss: float):
 
 
 def to_torch(batch):
-    return {k: torch.from_numpy(np.asarray(v)).long() if v.dtype.kind == "i" else torch.from_numpy(np.asarray(v))
-            for k, v in batch.items()}
+    return {k: (torch.from_numpy(np.asarray(v)).long() if v.dtype.kind == "i" else torch.from_numpy(np.asarray(v)))
+            .to(TORCH_DEVICE) for k, v in batch.items()}
 
 
 @dataclasses.dataclass
@@ -356,7 +386,7 @@ def build_pair(s: Size, seed: int = 0) -> Pair:
     adapter = TorchAdapter(config.adapter)
     adapter.load_flax(adapter_params)
     params = dict(speech_encoder=enc_params, adapter=adapter_params, llm=llm_params)
-    return Pair(s, config, params, TorchSLM(encoder, adapter, llm))
+    return Pair(s, config, params, TorchSLM(encoder, adapter, llm).to(TORCH_DEVICE))
 
 
 def count_params(tree) -> int:
@@ -401,6 +431,16 @@ def ours_train_step(pair: Pair, batch):
     return model, step, float(cost["flops"]), compile_s
 
 
+def cached_batch(model, params, batch) -> dict:
+    """`batch` as slm_jax.feature_cache.cached_batches yields it: the frozen encoder's outputs
+    (after the adapter's parameter-free subsampling) instead of features, the same tokens."""
+    from slm_jax.models.slm import SLM
+    encode = jax.jit(lambda p, f, m: model.module.apply({"params": p}, f, m, method=SLM.speech_encoder_outputs))
+    hidden, mask = encode(params, batch["features"], batch["feature_mask"])
+    return {"encoded_speech": np.asarray(hidden), "encoded_mask": np.asarray(mask).astype(np.int32),
+            **{k: batch[k] for k in ("instruction_tokens", "decoder_input_tokens", "decoder_target_tokens")}}
+
+
 # ----------------------------------------------------------------------------- timing & peak
 
 @dataclasses.dataclass
@@ -434,16 +474,47 @@ def load_note() -> str:
     return f"load average {load:.1f}" + (" (machine busy: timings noisy, re-run on an idle machine)" if busy else "")
 
 
-def matmul_peak(n: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """Measured float32 matmul GFLOP/s of an n x n x n product: jax (jit), torch, numpy."""
+def torch_sync() -> None:
+    """Wait for queued torch work (CUDA launches are asynchronous; a no-op on the CPU)."""
+    if DEVICE == "gpu":
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def exact_matmuls():
+    """Full float32 matmuls on both sides (no TF32) inside the block: for same-math checks."""
+    if DEVICE == "cpu":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("float32"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+PEAK_N = 1024 if DEVICE == "cpu" else 8192
+
+
+def matmul_peak(n: int = PEAK_N, repeats: int = 5) -> dict[str, float]:
+    """Measured float32 matmul GFLOP/s of an n x n x n product: jax (jit), torch, numpy (CPU
+    only). On GPU, float32 matmuls run as TF32 on both frameworks, as in the timed steps."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     ja, jb = jnp.asarray(a), jnp.asarray(b)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    ta, tb = torch.from_numpy(a).to(TORCH_DEVICE), torch.from_numpy(b).to(TORCH_DEVICE)
     jdot = jax.jit(jnp.dot)
-    t = time_interleaved({"jax": lambda: jdot(ja, jb).block_until_ready(),
-                          "torch": lambda: torch.mm(ta, tb),
-                          "numpy": lambda: a @ b}, repeats, warmup=2)
+
+    def torch_mm():
+        torch.mm(ta, tb)
+        torch_sync()
+
+    fns = {"jax": lambda: jdot(ja, jb).block_until_ready(), "torch": torch_mm}
+    if DEVICE == "cpu":
+        fns["numpy"] = lambda: a @ b
+    t = time_interleaved(fns, repeats, warmup=2)
     return {k: 2 * n ** 3 / v.min / 1e9 for k, v in t.items()}   # best of repeats: a peak
 
 
@@ -451,7 +522,8 @@ def print_peak(*peaks: dict[str, float]) -> float:
     """Print the per-framework peak (best over the given measurements, e.g. one taken before
     and one after the benchmark, since background load varies) and return the best of all."""
     best = {k: max(p[k] for p in peaks) for k in peaks[0]}
-    print(f"float32 matmul peak (1024^3, best of {len(peaks)} measurements, {THREADS} thread(s)): "
+    kind = "float32" if DEVICE == "cpu" else "float32-as-TF32"
+    print(f"{kind} matmul peak ({PEAK_N}^3, best of {len(peaks)} measurements, {WHERE}): "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in best.items()))
     return max(best.values())
 
@@ -473,4 +545,5 @@ def print_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None 
 
 def header(script: str) -> None:
     print(f"# {script}: jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; {THREADS} thread(s), CPUs {sorted(os.sched_getaffinity(0))}")
+          f"transformers {transformers.__version__}; {WHERE}; {THREADS} host thread(s), CPUs "
+          f"{sorted(os.sched_getaffinity(0))}")

@@ -120,7 +120,7 @@ def main():
               f"(pipeline), {args.repeats} steps, 1 + {args.repeats} x {n_loop} loop steps; {common.load_note()}",
               flush=True)
     stages = stage_rates(CHUNK_EXAMPLES, args.repeats, warmup=1)
-    common.print_table(f"Input pipeline vs adapter-only train step, {common.THREADS} CPU thread(s), medians; the step "
+    common.print_table(f"Input pipeline vs adapter-only train step, {common.WHERE}, medians; the step "
                        f"runs on the pipeline's batch shape (speech padded to {FEATURE_LENGTHS['speech']} frames); "
                        "train loop = both on the same cores", rows)
     common.print_table(f"Where one example's pipeline time goes (tiny train split; median of {args.repeats} x "

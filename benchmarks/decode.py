@@ -66,7 +66,7 @@ def main():
                         encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=mask,
                         max_new_tokens=n_new, do_sample=False, num_beams=beams, eos_token_id=never,
                         **({"length_penalty": ALPHA} if beams > 1 else {}))
-                out["torch"] = seqs[:, 1:].numpy()   # drop the decoder start token
+                out["torch"] = seqs[:, 1:].cpu().numpy()   # drop the decoder start token
 
             t = common.time_interleaved({"slm_jax": ours, "torch": theirs}, args.repeats, args.warmup)
             assert out["slm_jax"].shape == out["torch"].shape == (size.batch, n_new), (out["slm_jax"].shape,
@@ -81,8 +81,8 @@ def main():
                              "same output": f"{same}/{size.batch}",
                              "time ours/torch": t["slm_jax"].median / t["torch"].median if impl == "slm_jax" else ""})
             print(f"[{name} {method}] {args.repeats} timed batches each; {common.load_note()}", flush=True)
-    common.print_table(f"Batched decoding incl. speech encoder + adapter + mT5 encoder, {common.THREADS} CPU "
-                       f"thread(s); RTF = batch time / audio seconds in the batch", rows)
+    common.print_table(f"Batched decoding incl. speech encoder + adapter + mT5 encoder, {common.WHERE}"
+                       f"; RTF = batch time / audio seconds in the batch", rows)
 
 
 if __name__ == "__main__":

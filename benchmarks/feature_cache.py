@@ -39,16 +39,7 @@ from slm_jax.feature_cache import build_cache, cached_batches, weights_id
 from slm_jax.models.slm import SLM
 from slm_jax.task_model import SLMTaskModel
 
-TOKENS = ("instruction_tokens", "decoder_input_tokens", "decoder_target_tokens")
 LOSS_TOL, PARAM_TOL = 1e-5, 1e-5   # relative; float32
-
-
-def cached_batch(model: SLMTaskModel, params, batch) -> dict:
-    """The batch as cached_batches yields it: encoder outputs instead of features."""
-    encode = jax.jit(lambda p, f, m: model.module.apply({"params": p}, f, m, method=SLM.speech_encoder_outputs))
-    hidden, mask = encode(params, batch["features"], batch["feature_mask"])
-    return {"encoded_speech": np.asarray(hidden), "encoded_mask": np.asarray(mask).astype(np.int32),
-            **{k: batch[k] for k in TOKENS}}
 
 
 def synthetic_examples(s: common.Size, n: int):
@@ -92,7 +83,7 @@ def step_rows(name: str, args) -> tuple[dict, dict]:
     params = nn.meta.unbox(jax.jit(model.init_boxed)(jax.random.PRNGKey(0)))
     train, frozen = trainer.split(params)
     raw = common.make_batch(s)
-    batches = {"raw features": raw, "cached encoder outputs": cached_batch(model, params, raw)}
+    batches = {"raw features": raw, "cached encoder outputs": common.cached_batch(model, params, raw)}
     rng = jax.random.PRNGKey(0)
     steps, compile_s, flops, first = {}, {}, {}, {}
     for kind, batch in batches.items():
@@ -183,7 +174,7 @@ def main():
             step_table.append(row)
             build_table.append(build_row(name, ctx, args, tmp))
     common.print_table(f"Adapter-only train step from raw audio features vs from cached encoder outputs (slm_jax), "
-                       f"{common.THREADS} CPU thread(s); same batch, loss and update checked equal first", step_table)
+                       f"{common.WHERE}; same batch, loss and update checked equal first", step_table)
     common.print_table("One-off cache build (build_cache: encoder + adapter subsampling, float32, ArrayRecord) "
                        "and reading (cached_batches, shuffled)", build_table)
 

@@ -4,7 +4,7 @@ Same model, batch and optimizer (AdamW, clipping 1.0); only `Trainer(trainable_p
 differs: ("adapter/.*",) vs (".*",). Per mode: step time (median), FLOPs of the compiled step
 (XLA cost analysis), optimizer-state leaves and bytes (`state.opt_state`), XLA's compiled memory
 analysis of the step (`train_step.lower(...).compile().memory_analysis()`: argument, output,
-temp bytes), and the process' peak resident memory. Memory is measured for each mode alone in a
+temp bytes), and the process' peak resident memory (on GPU also the device allocator's peak). Memory is measured for each mode alone in a
 fresh subprocess, so peak RSS is that mode's own (the RSS after imports is shown too, the same
 for both); step times are taken in this process with the two modes' steps alternating.
 
@@ -79,7 +79,9 @@ def worker(name: str, mode: str, warmup: int) -> dict:
     step, info = build(name, mode)
     for _ in range(max(warmup, 1)):
         step()
-    return dict(info, start_rss_mb=start_rss, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    stats = jax.devices()[0].memory_stats() or {}     # device allocator (GPU); None on the CPU
+    return dict(info, start_rss_mb=start_rss, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                device_peak_mb=stats["peak_bytes_in_use"] / MB if "peak_bytes_in_use" in stats else "n/a")
 
 
 def main():
@@ -96,6 +98,7 @@ def main():
         mem = {}
         for mode in MODES:
             cmd = [sys.executable, __file__, "--worker", name, mode, "--threads", str(common.THREADS),
+                   "--device", common.DEVICE,
                    "--warmup", str(args.warmup)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -113,8 +116,8 @@ def main():
                          "GFLOP/step": r["gflop"], "opt leaves": r["opt_leaves"], "opt-state MB": r["opt_mb"],
                          "XLA args MB": r["arg_mb"], "XLA out MB": r["out_mb"], "XLA alias MB": r["alias_mb"],
                          "XLA temp MB": r["temp_mb"], "RSS start MB": r["start_rss_mb"],
-                         "peak RSS MB": r["peak_rss_mb"]})
-    common.print_table(f"Adapter-only vs full fine-tuning (slm_jax), {common.THREADS} CPU thread(s); XLA = "
+                         "peak RSS MB": r["peak_rss_mb"], "device peak MB": r["device_peak_mb"]})
+    common.print_table(f"Adapter-only vs full fine-tuning (slm_jax), {common.WHERE}; XLA = "
                        "compiled memory analysis of the train step (alias = donated train state)", rows)
 
 

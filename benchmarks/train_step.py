@@ -3,12 +3,18 @@
 Both sides: the same frozen w2v-BERT-layout Conformer (transformers Wav2Vec2BertModel weights
 imported into ours), the same trainable adapter, the same frozen mT5 (MT5ForConditionalGeneration
 weights imported), the same batch, AdamW with global-norm clipping 1.0 on the adapter only, the
-same CPU threads. Theirs: frozen params requires_grad=False, encoder under torch.no_grad, eager.
+same CPU threads (or the same GPU: `--device gpu`, see common.py). Theirs: frozen params requires_grad=False, encoder under torch.no_grad, eager.
 Ours: `Trainer(..., trainable_patterns=("adapter/.*",))` on a 1-device mesh.
 
 First the two implementations are checked to compute the same loss and adapter gradients on the
 batch (the script stops if they do not: a benchmark of different math is worthless). FLOPs per
 step come from XLA's cost analysis of our compiled step; the same count is used for theirs.
+
+A third row, "slm_jax+cache", is our step fed the feature cache's batch (slm_jax.feature_cache:
+the frozen encoder's outputs computed once before training, exact, the same loss and update;
+benchmarks/feature_cache.py checks that): what a user of slm_jax pays per step when training
+many steps over a fixed data set, which the PyTorch stacks recompute every step. It does less
+work per step (its own FLOP count is shown), so it is not a same-work comparison.
 
     python benchmarks/train_step.py [--configs tiny,small] [--threads N] [--repeats R] [--quick]
 """
@@ -27,6 +33,7 @@ from slm_jax.trainer import merge_params, split_trainable
 
 LR, Z_LOSS = common.TRAIN_LR, common.TRAIN_Z_LOSS
 LOSS_TOL, GRAD_TOL = 1e-4, 1e-3   # relative; float32, different op order
+CACHED = "slm_jax+cache"          # our step from the frozen encoder's cached outputs (feature_cache)
 
 
 def theirs_setup(pair: common.Pair, batch):
@@ -84,22 +91,27 @@ def main():
         batch = common.make_batch(size)
         model, ours_step, flops, compile_s = common.ours_train_step(pair, batch)
         loss_and_backward, theirs_step = theirs_setup(pair, batch)
-        check = check_same_math(pair, model, batch, loss_and_backward)
+        with common.exact_matmuls():
+            check = check_same_math(pair, model, batch, loss_and_backward)
         checks.append(dict(config=name, **check))
         if not check["ok"]:
             common.print_table("SAME-MATH CHECK FAILED", checks)
             raise SystemExit(f"{name}: the two implementations disagree; not benchmarking different math")
-        t = common.time_interleaved({"slm_jax": ours_step, "torch": theirs_step}, args.repeats, args.warmup)
+        # our step fed the feature cache's batch: the encoder ran once, before training (not the same work)
+        cached = common.cached_batch(model, pair.params, batch)
+        _, cached_step, cached_flops, _ = common.ours_train_step(pair, cached)
+        t = common.time_interleaved({"slm_jax": ours_step, "torch": theirs_step, CACHED: cached_step},
+                                    args.repeats, args.warmup)
         n_total = common.count_params(pair.params)
         n_train = common.count_params(pair.params["adapter"])
-        for impl in ("slm_jax", "torch"):
+        for impl, f in (("slm_jax", flops), ("torch", flops), (CACHED, cached_flops)):
             m = t[impl].median
             rows.append({"config": name, "impl": impl, "params (train/total)": f"{n_train / 1e6:.2f}M/{n_total / 1e6:.1f}M",
                          "batch": f"{size.batch}x{size.frames * common.FRAME_SECONDS:.0f}s",
                          "step ms (median)": m * 1e3, "min-max ms": f"{t[impl].min * 1e3:.0f}-{t[impl].max * 1e3:.0f}",
-                         "ex/s": size.batch / m, "GFLOP/step": flops / 1e9, "GFLOP/s": flops / m / 1e9,
+                         "ex/s": size.batch / m, "GFLOP/step": f / 1e9, "GFLOP/s": f / m / 1e9,
                          "MFU %": None,   # filled in once the peak is measured again at the end
-                         "time ours/torch": t["slm_jax"].median / t["torch"].median if impl == "slm_jax" else ""})
+                         "time ours/torch": m / t["torch"].median if impl != "torch" else ""})
         print(f"[{name}] jax compile {compile_s:.1f}s (excluded); {args.repeats} timed steps each; "
               f"{common.load_note()}", flush=True)
     peak = common.print_peak(peak_before, common.matmul_peak())
@@ -107,7 +119,7 @@ def main():
         r["MFU %"] = 100 * r["GFLOP/s"] / peak
     common.print_table("Same-math check (before timing; relative diffs, loss tol "
                        f"{LOSS_TOL:g}, adapter-gradient tol {GRAD_TOL:g} of max |grad|)", checks)
-    common.print_table(f"Adapter-only train step, {common.THREADS} CPU thread(s); MFU vs the measured "
+    common.print_table(f"Adapter-only train step, {common.WHERE}; MFU vs the measured "
                        f"matmul peak {peak:.0f} GFLOP/s; FLOPs from XLA cost analysis (same count for both)", rows)
 
 

@@ -7,7 +7,8 @@ Stages (each cached: a finished stage is skipped when the demo is run again):
   3. encoder  a small Conformer pretrained with CTC on spoken_world ASR
               -> encoder.msgpack                                         (gin/runs/demo_encoder.gin)
   4. slm      both frozen; only the adapter trains, on the ASR + AST mixture, for each adapter
-              depth in `depths`                                          (gin/runs/demo_slm.gin)
+              depth in `depths`, reading the frozen encoder's outputs from a feature cache
+              built once for all depths                                  (gin/runs/demo_slm.gin)
   5. report   report.md + PNG plots: ASR WER / AST BLEU for SLM (per depth), the cascade
               (CTC ASR -> text LLM) and the text-input upper bound; zero-shot instruction
               following on speech vs text; contextual biasing with and without the bias list;
@@ -26,13 +27,20 @@ from typing import Any, Sequence
 
 import gin
 
+import slm_jax.feature_cache  # noqa: F401  (registers @cached_batches for the adapter stage)
+
 LANGS = ("en", "fr", "de", "es")
 AST_PAIRS = ("fr_en", "de_en", "es_en", "en_fr", "en_de", "en_es")
 INSTRUCT = ("qa", "digits", "compare", "add")
 
 
+_T0 = time.time()
+
+
 def _log(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
+    """Progress line with the time since the demo module was loaded (the run's start)."""
+    m, sec = divmod(int(time.time() - _T0), 60)
+    print(f"[demo {m:02d}:{sec:02d}] {msg}", flush=True)
 
 
 def _sha(path: str) -> str:
@@ -65,7 +73,9 @@ class Demo:
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
+        t0 = time.time()
         out = fn()
+        _log(f"{name}: done in {time.time() - t0:.0f} s")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(out, f, indent=1)
@@ -99,10 +109,24 @@ class Demo:
                 f"--gin.ADAPTER_LAYERS={depth}", f"--gin.setup.llm_checkpoint='{self.llm_path}'",
                 f"--gin.setup.speech_encoder_checkpoint='{self.encoder_path}'"]
 
-    def slm(self, depth: int) -> dict:
+    def cache_bindings(self) -> list[str]:
+        """Adapter training reads the frozen encoder's outputs from a feature cache
+        (slm_jax/feature_cache.py: exact, ~2x faster steps), built once here for every depth:
+        the cache depends on the encoder and the adapter's stride, not on its depth. Returns the
+        bindings that point `train` at it."""
+        task = self.task("asr_ast")
+        bindings = ["--gin.train.input_fn=@cached_batches", f"--gin.train.train_task='{task}'",
+                    f"--gin.cached_batches.cache_dir='{os.path.join(self.dir, 'feature_cache')}'"]
+        from slm_jax import feature_cache
+        t0 = time.time()
+        manifest = feature_cache.main(["--gin_file=gin/runs/demo_slm.gin", *self.slm_bindings(0), *bindings,
+                                       *self.extra])
+        _log(f"feature cache: {manifest['count']} examples of {task} ({time.time() - t0:.0f} s)")
+        return bindings
+
+    def slm(self, depth: int, cache_bindings: Sequence[str]) -> dict:
         def train():
-            return self.main("gin/runs/demo_slm.gin", *self.slm_bindings(depth),
-                             f"--gin.train.train_task='{self.task('asr_ast')}'",
+            return self.main("gin/runs/demo_slm.gin", *self.slm_bindings(depth), *cache_bindings,
                              f"--gin.train.train_steps={self.steps['slm']}")
         return self.cached(f"train_slm_depth{depth}", train)
 
@@ -137,10 +161,12 @@ def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encode
     _log("stage 3/5 speech encoder foundation (CTC)")
     d.encoder()
     _log(f"stage 4/5 SLM adapters, depths {list(depths)}")
+    todo = [depth for depth in depths if not os.path.exists(os.path.join(d.dir, "results", f"train_slm_depth{depth}.json"))]
+    cache = d.cache_bindings() if todo else []
     train_results = {}
     for depth in depths:
         _log(f"  adapter depth {depth}")
-        train_results[depth] = d.slm(depth)
+        train_results[depth] = d.slm(depth, cache)
     _log("stage 5/5 evaluation and report")
     report = demo_report.build(d, depths, main_depth, train_results, text_before, llm_sha_before)
     _log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")

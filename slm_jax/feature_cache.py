@@ -221,6 +221,15 @@ def _trim(row: np.ndarray) -> np.ndarray:
     return np.trim_zeros(row, "b")
 
 
+def _task_names(name: str) -> list[str]:
+    """[name] for a task; a mixture's task names (recursively) for a mixture."""
+    import seqio
+    found = seqio.get_mixture_or_task(name)
+    if isinstance(found, seqio.Mixture):
+        return [t.name for t in found.tasks]
+    return [name]
+
+
 def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_lengths: Mapping[str, int],
                 config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
                 batch_size: int = 8, seed: int = 0, examples_per_shard: int = 4096,
@@ -232,8 +241,11 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     kept (returned as is) unless `overwrite`; otherwise its files are replaced.
 
     encoder_params: the "speech_encoder" subtree of the SLM params; weights: `weights_id(...)`,
-    what identifies them in the fingerprint. A mixture's cache holds seqio's one-epoch mixture
-    stream (sampled by rate, ending when a first task runs out): prefer caching tasks."""
+    what identifies them in the fingerprint. A mixture's cache holds one full epoch of each of
+    its tasks, one task after the other (every example exactly once; the manifest lists the
+    tasks and their counts), so training from it samples the tasks in proportion to their
+    example counts, which is seqio's `mixing_rate_num_examples`; other mixing rates are not
+    reproduced (cache the tasks separately for those)."""
     from array_record.python.array_record_module import ArrayRecordWriter
     from slm_jax.data import get_batches, pad_rows
 
@@ -288,10 +300,14 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
             count += 1
             nbytes += frames.nbytes
 
+    per_task: dict[str, int] = {}
+    batches = ((name, batch) for name in _task_names(task)
+               for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
+                                        shuffle=False, seed=seed, num_epochs=1, drop_remainder=False))
     pending = None
-    for batch in get_batches(task, split, feature_lengths=feature_lengths, batch_size=batch_size, shuffle=False,
-                             seed=seed, num_epochs=1, drop_remainder=False):
+    for name, batch in batches:
         n = batch["features"].shape[0]
+        per_task[name] = per_task.get(name, 0) + n
         speech = pad_rows({k: batch[k] for k in ("features", "feature_mask")}, batch_size)   # one compiled shape
         outputs = encode(encoder_params, speech["features"], speech["feature_mask"])   # written while the next batch runs
         if pending is not None:
@@ -307,7 +323,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     manifest = {"format": CACHE_FORMAT, "task": task, "split": split,
                 "feature_lengths": _jsonable(dict(feature_lengths)), "count": count,
                 "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
-                "encoded_bytes": int(nbytes), "shards": shards, "fingerprint": fp,
+                "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
                           "batch_size": batch_size, "device": jax.devices()[0].platform}}
     tmp = manifest_path + ".tmp"

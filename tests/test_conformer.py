@@ -15,7 +15,7 @@ from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert
-from slm_jax.models.conformer import Conformer, ConformerConfig
+from slm_jax.models.conformer import Conformer, ConformerConfig, relative_key_bias
 from slm_jax.partitioning import axis_rules, check_logical_axes
 
 PARITY_TOL = 1e-4      # max abs diff vs PyTorch on valid frames (float32, "highest" matmuls)
@@ -223,3 +223,25 @@ def test_unused_tensor_is_named(hf_dir, tmp_path):
 def test_unsupported_config_field_is_named(hf_dir, tmp_path, field, value):
     with pytest.raises(CheckpointError, match=f"config.json: {field}="):
         load_hf_w2v_bert(_copy(hf_dir[0], tmp_path / "c", config={field: value}))
+
+
+# ----------------------------------------------------------------------------- relative-key bias
+
+
+@pytest.mark.parametrize("t,left,right", [(1, 4, 2), (2, 4, 2), (3, 4, 2), (5, 4, 2), (7, 2, 6), (40, 8, 3)])
+def test_relative_key_bias_values_and_gradient_match_numpy(t, left, right):
+    """out[q, k] = per_bucket[q, clip(k - q, -left, right) + left], and its gradient (computed
+    by the pad/reshape transpose, not the gather's scatter) is the numpy scatter-add of the
+    cotangent into those buckets. Exact up to float32 summation order (tol 1e-5)."""
+    rng = np.random.default_rng(t)
+    per_bucket = rng.standard_normal((2, 3, t, left + right + 1)).astype(np.float32)
+    cot = rng.standard_normal((2, 3, t, t)).astype(np.float32)
+    bucket = np.clip(np.arange(t)[None, :] - np.arange(t)[:, None], -left, right) + left   # [q, k]
+    want = per_bucket[..., np.arange(t)[:, None], bucket]
+    want_grad = np.zeros_like(per_bucket)
+    for q in range(t):
+        for k in range(t):
+            want_grad[..., q, bucket[q, k]] += cot[..., q, k]
+    got, vjp = jax.vjp(lambda x: relative_key_bias(x, left, right), jnp.asarray(per_bucket))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(cot))[0]), want_grad, rtol=1e-5, atol=1e-5)

@@ -75,6 +75,12 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
     assert rep["text_before"] == rep["text_after"]
     assert 0 < rep["param_counts"]["trainable_fraction"] < 0.5
     assert "ETA" in stdout
+    # the adapters trained from the frozen encoder's feature cache: every example of the
+    # ASR + AST mixture's tasks, once
+    manifest = json.loads((run_dir / "feature_cache" / "spoken_world_tiny_asr_ast" / "train" / "manifest.json")
+                          .read_text())
+    assert len(manifest["tasks"]) == 10 and manifest["count"] == sum(manifest["tasks"].values())
+    assert "feature cache:" in stdout
 
 
 def test_quick_demo_stages_are_cached(quick_run):

@@ -170,3 +170,24 @@ def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path):
     raw, cached = _losses(tmp_path / "raw"), _losses(tmp_path / "cached")
     assert len(raw) == 4 and raw[-1] < raw[0]
     np.testing.assert_allclose(cached, raw, rtol=1e-5)
+
+
+def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
+    """A mixture's cache is one full epoch of each of its tasks in turn (not seqio's sampled
+    one-epoch mixture stream, which stops when the first task runs out), and the manifest counts
+    them per task."""
+    import seqio
+    first, second = register_fixed_task(), register_fixed_task("test_fixed_asr_second")
+    mixture = "test_fixed_mixture"
+    seqio.MixtureRegistry.remove(mixture)
+    seqio.MixtureRegistry.add(mixture, [(first, 1.0), (second, 3.0)])
+    manifest = build_cache(str(tmp_path), mixture, "train", feature_lengths=FEATURE_LENGTHS, config=CONFIG,
+                           encoder_params=encoder_params_for(CONFIG, cache["ckpt"]),
+                           weights=weights_id(cache["ckpt"]), batch_size=3, verbose=False)
+    assert manifest["count"] == 8 and manifest["tasks"] == {first: 4, second: 4}
+    got = next(cached_batches(mixture, "train", feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False,
+                              cache_dir=str(tmp_path), config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]))
+    raw = [next(get_batches(t, "train", feature_lengths=FEATURE_LENGTHS, batch_size=4, shuffle=False))
+           for t in (first, second)]
+    for k in ("instruction_tokens", "decoder_target_tokens"):
+        np.testing.assert_array_equal(got[k], np.concatenate([r[k] for r in raw]), err_msg=k)
