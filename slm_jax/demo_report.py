@@ -95,7 +95,9 @@ def text_scores(d) -> dict:
 
 
 def cascade_scores(d) -> dict:
-    """CTC ASR of the speech encoder -> the text LLM with the task's instruction."""
+    """CTC ASR of the speech encoder (decoded to text with its training task's vocabulary) ->
+    the text LLM with the task's instruction."""
+    import seqio
     import tasks  # noqa: F401
     from slm_jax.data import get_batches, pad_rows
     t5, ctc = _models(d)
@@ -103,6 +105,7 @@ def cascade_scores(d) -> dict:
     enc_params = load_params(d.encoder_path)
     ctc_params = {"encoder": enc_params, "ctc_head": _ctc_head(d)}
     vocab = _vocab()
+    ctc_vocab = seqio.get_mixture_or_task(d.encoder_task).output_features["targets"].vocabulary
     lengths = {"speech": 600, "instruction": 48, "targets": 24}
     out = {}
     for name in eval_task_names(d):
@@ -110,11 +113,10 @@ def cascade_scores(d) -> dict:
         for batch in get_batches(name, d.eval_split, feature_lengths=lengths, batch_size=32, shuffle=False, num_epochs=1,
                                  drop_remainder=False):
             n = batch["features"].shape[0]
-            ids = np.asarray(ctc.predict_batch(ctc_params, pad_rows(batch, 32)))[:n]
+            ids = np.asarray(ctc.predict_batch(ctc_params, pad_rows(batch, 32))[0])[:n]
             for row, inst, tgt in zip(ids, batch["instruction_tokens"], batch["decoder_target_tokens"]):
-                hyp = [int(t) for t in row if t > 0]
-                asr.append(vocab.decode(hyp))
-                inputs.append(hyp + [int(t) for t in inst if t > 0])
+                asr.append(ctc_vocab.decode([int(t) for t in row if t > 0]))   # CTC's text, re-tokenised for the LLM
+                inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
                 tgt = [int(t) for t in tgt if t > 1]
                 targets.append(vocab.decode(tgt))
             if d.eval_examples and len(targets) >= d.eval_examples:

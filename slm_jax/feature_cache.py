@@ -278,14 +278,16 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
                                                   method=SLM.speech_encoder_outputs))
     shards: list[dict] = []
-    writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, None, None, None
+    writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, 0, None, None
     t0 = time.perf_counter()
 
     def write(batch: dict, n: int, outputs) -> None:
         nonlocal writer, count, nbytes, encoded_length, dim, dtype
         hidden, mask = jax.device_get(outputs)
         hidden, mask = np.asarray(hidden), np.asarray(mask)
-        encoded_length, dim, dtype = hidden.shape[1], hidden.shape[2], hidden.dtype.name
+        # batches may be cut to their length bucket (get_batches' speech_buckets): the padded
+        # length batches are read back at is the longest seen
+        encoded_length, dim, dtype = max(encoded_length, hidden.shape[1]), hidden.shape[2], hidden.dtype.name
         for i in range(n):
             if writer is None or shards[-1]["count"] >= examples_per_shard:
                 if writer is not None:

@@ -167,7 +167,7 @@ def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: s
             trainable, step = state.params, int(state.step)
     step = step or 0
     params = merge_params(trainable, s.frozen)
-    eos = s.model.config.llm.eos_id
+    eos = s.model.eos_id
     out_dir = os.path.join(run_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     writer = MetricsWriter(run_dir, f"eval{tag}")
@@ -230,7 +230,7 @@ def infer(run_dir: str, *, audio_files: Sequence[str] = gin.REQUIRED, instructio
         "instruction_tokens": np.tile(np.asarray(vocabulary.encode(instruction) + [0], np.int32), (len(feats), 1)),
     }
     tokens, _ = s.model.predict_batch(params, batch, decode)
-    outs = [_text(vocabulary, t, s.model.config.llm.eos_id) for t in np.asarray(tokens)]
+    outs = [_text(vocabulary, t, s.model.eos_id) for t in np.asarray(tokens)]
     for p, o in zip(audio_files, outs):
         print(f"{p}\t{o}", flush=True)
     s.checkpointer.close()

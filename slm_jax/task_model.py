@@ -53,6 +53,10 @@ class EncDecTaskModel:
         """Boxed (LogicallyPartitioned) parameter shapes, nothing allocated."""
         return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
 
+    @property
+    def eos_id(self) -> int:
+        return self.llm_config.eos_id
+
     def loss_fn(self, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
         logits = self.logits(params, batch, None if deterministic else {"dropout": rng}, deterministic)
         weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
@@ -153,7 +157,8 @@ class T5TaskModel(EncDecTaskModel):
 @gin.configurable
 class CTCTaskModel:
     """Speech-encoder pretraining: Conformer + CTC head on features -> target tokens (the EOS
-    of the target feature is dropped; token 0 is the blank)."""
+    of the target feature is dropped; token 0 is the blank). Targets: any seqio vocabulary, e.g.
+    the world SentencePiece pieces or UTF-8 bytes (the `_asr_chars` tasks, vocab_size 259)."""
 
     def __init__(self, config, vocab_size: int, eos_id: int = 1):
         from slm_jax.models.ctc import ConformerCTC
@@ -176,13 +181,22 @@ class CTCTaskModel:
         per_seq = optax.ctc_loss(logits, 1.0 - mask.astype(jnp.float32), jnp.where(valid, labels, 0),
                                  1.0 - valid.astype(jnp.float32))
         n_labels = valid.sum(-1).astype(jnp.float32)
-        has = (n_labels > 0).astype(jnp.float32)
+        # CTC needs a frame per label plus a blank between equal neighbours; an utterance with
+        # fewer frames has no alignment (its loss is ~1e5, meaningless): it is left out of the
+        # loss and its labels are counted in the "unalignable" metric (share of label tokens).
+        repeats = jnp.sum(valid[:, 1:] & valid[:, :-1] & (labels[:, 1:] == labels[:, :-1]), -1)
+        alignable = ((n_labels > 0) & (n_labels + repeats <= mask.sum(-1))).astype(jnp.float32)
         # loss per label token (as the seq2seq losses), so logs are comparable across batches
-        return dict(loss_sum=jnp.sum(per_seq * has), weight_sum=jnp.sum(n_labels),
-                    frames_sum=jnp.sum(mask.astype(jnp.float32)))
+        return dict(loss_sum=jnp.sum(per_seq * alignable), weight_sum=jnp.sum(n_labels * alignable),
+                    frames_sum=jnp.sum(mask.astype(jnp.float32)),
+                    unalignable_sum=jnp.sum(n_labels * (1.0 - alignable)))
 
-    @functools.partial(jax.jit, static_argnums=(0,))
-    def predict_batch(self, params, batch: Batch) -> jax.Array:
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def predict_batch(self, params, batch: Batch, decode_cfg: Any = None,
+                      rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Greedy CTC tokens [B, T'] (0-padded) and their summed frame log-probabilities [B];
+        the same interface as EncDecTaskModel.predict_batch, `decode_cfg` is not used."""
         from slm_jax.models.ctc import greedy_ctc
         logits, mask = self.module.apply({"params": params}, batch["features"], batch["feature_mask"])
-        return greedy_ctc(logits, mask)
+        best = jnp.max(jax.nn.log_softmax(logits), axis=-1)
+        return greedy_ctc(logits, mask), jnp.sum(best * mask, axis=-1)

@@ -9,9 +9,9 @@ Every task yields the features of slm_jax.data.SLMFeatureConverter:
 
 Registered here:
     spoken_world_{tiny,demo}_...   synthetic speech (tasks/spoken_world.py, tasks/mixtures.py):
-        asr_{en,fr,de,es}, ast_{fr,de,es}_en, ast_en_{fr,de,es}, biasing_{en,fr,de,es},
-        qa, digits, compare, add; mixtures _asr, _asr_ast (the paper's ASR+AST mixture),
-        _instruct, _all
+        asr_{en,fr,de,es}, asr_chars_{en,fr,de,es} (byte targets, for CTC), ast_{fr,de,es}_en,
+        ast_en_{fr,de,es}, biasing_{en,fr,de,es}, qa, digits, compare, add; mixtures _asr,
+        _asr_chars, _asr_ast (the paper's ASR+AST mixture), _instruct, _all
     fsdd_asr_en, fsdd_digits       real spoken digits, split "test" (only if the data is there)
     librispeech_asr_en             TFDS LibriSpeech, only from an already prepared copy
 Your own recordings: tasks.local_manifest.register_manifest(name, "manifest.tsv").

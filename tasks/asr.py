@@ -82,6 +82,15 @@ def register_asr_tasks(prefix: str, corpus: common.Corpus, languages=world_text.
     return _register_per_language(f"{prefix}_asr", asr_maker, corpus, languages, **kw)
 
 
+def register_char_asr_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES,
+                            **kw) -> list[str]:
+    """{prefix}_asr_chars_{lang}: the ASR tasks with UTF-8 byte targets (seqio.ByteVocabulary),
+    for CTC pretraining of a speech encoder on characters."""
+    import seqio
+    return _register_per_language(f"{prefix}_asr_chars", asr_maker, corpus, languages,
+                                  vocabulary=seqio.ByteVocabulary(), **kw)
+
+
 def register_biasing_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES, **kw) -> list[str]:
     """{prefix}_biasing_{lang} for each language (needs world_text sentence records)."""
     return _register_per_language(f"{prefix}_biasing", biasing_maker, corpus, languages, **kw)

@@ -4,10 +4,12 @@ For a config C ("tiny", "demo", or your own SpokenWorldConfig) `register_spoken_
 registers (prefix spoken_world_C):
 
     tasks     _asr_{en,fr,de,es}                        WER, CER
+              _asr_chars_{en,fr,de,es}                  the same, UTF-8 byte targets (CTC)
               _ast_{fr,de,es}_en, _ast_en_{fr,de,es}     BLEU, chrF
               _biasing_{en,fr,de,es}                     WER, CER
               _qa, _digits, _compare, _add               exact match
     mixtures  _asr       the four ASR tasks
+              _asr_chars the four byte-target ASR tasks (speech encoder CTC pretraining)
               _asr_ast   ASR + AST: the paper's training mixture
               _instruct  biasing + qa + digits + compare + add
               _all       everything
@@ -28,12 +30,14 @@ def register_spoken_world(config: str | spoken_world.SpokenWorldConfig, *, tempe
     prefix = f"spoken_world_{corpus.config.name}"
     groups = {
         "asr": asr.register_asr_tasks(prefix, corpus, **task_kw),
+        "asr_chars": asr.register_char_asr_tasks(prefix, corpus, **task_kw),
         "ast": ast.register_ast_tasks(prefix, corpus, **task_kw),
         "biasing": asr.register_biasing_tasks(prefix, corpus, **task_kw),
         "instruct": instruct.register_instruct_tasks(prefix, corpus, **task_kw),
     }
     mixtures = {
         f"{prefix}_asr": groups["asr"],
+        f"{prefix}_asr_chars": groups["asr_chars"],
         f"{prefix}_asr_ast": groups["asr"] + groups["ast"],
         f"{prefix}_instruct": groups["biasing"] + groups["instruct"],
         f"{prefix}_all": groups["asr"] + groups["ast"] + groups["biasing"] + groups["instruct"],

@@ -404,3 +404,19 @@ def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
             np.testing.assert_array_equal(a[k], b[k])
     with pytest.raises(ValueError, match="single input shard"):
         get_batches(name, "train", speech_buckets=buckets, num_shards=2, **kw)
+
+
+def test_char_asr_targets_are_the_utf8_text(data_dir):
+    """The `_asr_chars` tasks (CTC pretraining on characters) hold the same utterances as `_asr`,
+    with UTF-8 byte targets (seqio.ByteVocabulary: byte + 3, then EOS = 1); accents survive."""
+    task = seqio.get_mixture_or_task("spoken_world_tiny_asr_chars_fr")
+    assert isinstance(task.output_features["targets"].vocabulary, seqio.ByteVocabulary)
+    recs = {r["id"]: r for r in spoken_world.plan(spoken_world.CONFIGS["tiny"], "train")}
+    n = 0
+    for ex in task.get_dataset({**LENGTHS, "targets": 96}, split="train", shuffle=False).as_numpy_iterator():
+        text = recs[ex["id"].decode()]["text"]
+        assert ex["targets"][-1] == EOS
+        assert bytes(int(t) - 3 for t in ex["targets"][:-1]).decode("utf-8") == text
+        n += 1
+    assert n == spoken_world.CONFIGS["tiny"].train_items
+    assert "spoken_world_tiny_asr_chars" in seqio.MixtureRegistry.names()
