@@ -4,7 +4,7 @@ Stages (each cached: a finished stage is skipped when the demo is run again):
   1. data     the spoken_world corpus (espeak-ng, 4 languages) and the world vocabulary
   2. llm      a small mT5-style LLM pretrained on the world's text: span corruption plus text
               instruction tuning (mT0-like) -> llm.msgpack            (gin/runs/demo_llm.gin)
-  3. encoder  a small Conformer pretrained with CTC on characters (spoken_world ASR)
+  3. encoder  a small Conformer pretrained with CTC on spoken_world ASR
               -> encoder.msgpack                                         (gin/runs/demo_encoder.gin)
   4. slm      both frozen; only the adapter trains, on the ASR + AST mixture, for each adapter
               depth in `depths`, reading the frozen encoder's outputs from a feature cache
@@ -60,7 +60,7 @@ class Demo:
         os.makedirs(self.dir, exist_ok=True)
         self.llm_path = os.path.join(self.dir, "llm.msgpack")
         self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
-        self.encoder_task = self.task("asr_chars")   # CTC on characters (UTF-8 bytes), all languages
+        self.encoder_task = self.task("asr")   # CTC targets: the world's pieces, all languages
 
     def task(self, suffix: str) -> str:
         return f"spoken_world_{self.world}_{suffix}"
