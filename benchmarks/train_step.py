@@ -120,7 +120,8 @@ def main():
     common.print_table("Same-math check (before timing; relative diffs, loss tol "
                        f"{LOSS_TOL:g}, adapter-gradient tol {GRAD_TOL:g} of max |grad|)", checks)
     common.print_table(f"Adapter-only train step, {common.WHERE}; MFU vs the measured "
-                       f"matmul peak {peak:.0f} GFLOP/s; FLOPs from XLA cost analysis (same count for both)", rows)
+                       f"matmul peak {peak:.0f} GFLOP/s; FLOPs from XLA cost analysis (torch: the same count "
+                       "as slm_jax; slm_jax+cache: its own)", rows)
 
 
 if __name__ == "__main__":
