@@ -8,8 +8,8 @@ temp bytes), and the process' peak resident memory (on GPU also the device alloc
 fresh subprocess, so peak RSS is that mode's own (the RSS after imports is shown too, the same
 for both); step times are taken in this process with the two modes' steps alternating.
 
-Note: in "full" the speech encoder's parameters are in the optimizer (state, bytes) but get zero
-gradients: SLM.embed_speech stops gradients at the encoder output by design.
+In "full" every parameter trains, the speech encoder included (the model stops no gradients;
+freezing is only the trainer's `trainable_patterns`).
 
     python benchmarks/frozen_cost.py [--configs tiny,small] [--threads N] [--repeats R] [--quick]
 """
