@@ -69,8 +69,11 @@ class Demo:
         from slm_jax import main
         return main.main([f"--gin_file={gin_file}", *bindings, *self.extra])
 
+    def result_path(self, name: str) -> str:
+        return os.path.join(self.dir, "results", f"{name}.json")
+
     def cached(self, name: str, fn) -> Any:
-        path = os.path.join(self.dir, "results", f"{name}.json")
+        path = self.result_path(name)
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
@@ -162,7 +165,7 @@ def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encode
     _log("stage 3/5 speech encoder foundation (CTC)")
     d.encoder()
     _log(f"stage 4/5 SLM adapters, depths {list(depths)}")
-    todo = [depth for depth in depths if not os.path.exists(os.path.join(d.dir, "results", f"train_slm_depth{depth}.json"))]
+    todo = [depth for depth in depths if not os.path.exists(d.result_path(f"train_slm_depth{depth}"))]
     cache = d.cache_bindings() if todo else []
     train_results = {}
     for depth in depths:
