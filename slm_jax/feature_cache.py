@@ -278,6 +278,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
                                                   method=SLM.speech_encoder_outputs))
     shards: list[dict] = []
+    lengths: list[int] = []   # valid frames per example, in key order (for length bucketing)
     writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, 0, None, None
     t0 = time.perf_counter()
 
@@ -299,6 +300,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
             writer.write(_serialize(frames, _trim(batch["instruction_tokens"][i]),
                                     batch["decoder_input_tokens"][i, :len(targets)], targets))
             shards[-1]["count"] += 1
+            lengths.append(int(frames.shape[0]))
             count += 1
             nbytes += frames.nbytes
 
@@ -325,7 +327,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     manifest = {"format": CACHE_FORMAT, "task": task, "split": split,
                 "feature_lengths": _jsonable(dict(feature_lengths)), "count": count,
                 "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
-                "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "fingerprint": fp,
+                "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "frames": lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
                           "batch_size": batch_size, "device": jax.devices()[0].platform}}
     tmp = manifest_path + ".tmp"
@@ -424,16 +426,28 @@ class _Reader:
         self.dtype = jnp.dtype(manifest["dtype"])
         lengths = manifest["feature_lengths"]
         self.inst_len, self.tgt_len = lengths["instruction"], lengths["targets"]
+        self._lengths = manifest.get("frames")
 
-    def batch(self, keys: Sequence[int]) -> dict[str, np.ndarray]:
-        b = len(keys)
-        out = {"encoded_speech": np.zeros((b, self.frames, self.dim), self.dtype),
-               "encoded_mask": np.zeros((b, self.frames), np.int32),
+    def lengths(self) -> np.ndarray:
+        """Valid frames of every example, by key: from the manifest (or, for a cache written
+        before the manifest listed them, one pass over the records)."""
+        if self._lengths is None:
+            n = len(self.source)
+            self._lengths = [tf.train.Example.FromString(r).features.feature["frames"].int64_list.value[0]
+                             for lo in range(0, n, 1024)
+                             for r in self.source.__getitems__(list(range(lo, min(lo + 1024, n))))]
+        return np.asarray(self._lengths, np.int64)
+
+    def batch(self, keys: Sequence[int], frames: int | None = None) -> dict[str, np.ndarray]:
+        """The examples `keys`, padded to `frames` (None: the cache's longest, `encoded_length`)."""
+        b, frames = len(keys), frames or self.frames
+        records = [_parse(r) for r in self.source.__getitems__([int(k) for k in keys])]
+        out = {"encoded_speech": np.zeros((b, frames, self.dim), self.dtype),
+               "encoded_mask": np.zeros((b, frames), np.int32),
                "instruction_tokens": np.zeros((b, self.inst_len), np.int32),
                "decoder_input_tokens": np.zeros((b, self.tgt_len), np.int32),
                "decoder_target_tokens": np.zeros((b, self.tgt_len), np.int32)}
-        records = self.source.__getitems__([int(k) for k in keys])
-        for i, rec in enumerate(map(_parse, records)):
+        for i, rec in enumerate(records):
             n = rec["frames"]
             out["encoded_speech"][i, :n] = np.frombuffer(rec["encoded"], self.dtype).reshape(n, self.dim)
             out["encoded_mask"][i, :n] = 1
@@ -450,10 +464,19 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
                    start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
                    drop_remainder: bool = True, cache_dir: str = gin.REQUIRED,
                    config: SLMConfig | None = None, speech_encoder_checkpoint: str | None = None,
-                   prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                   prefetch: int = 2, speech_buckets: Sequence[int] = (),
+                   bucket_window: int = 16) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches from a feature cache, with get_batches' contract (an input_fn of `train`):
     encoded_speech [b, T', D_enc] / encoded_mask [b, T'] instead of features / feature_mask,
     the same token features. See the module docstring for order, resumption and host shards.
+
+    `speech_buckets` (cached frames, e.g. (25, 38, 50)): batch examples of similar length
+    together and pad each batch only to the smallest bucket that holds it (else to the cache's
+    longest), so short utterances are not padded to the longest: one compiled step per bucket.
+    The stream is cut into windows of `bucket_window` batches; each window's examples (the same
+    examples as without bucketing, in the same windows) are sorted by length, cut into batches,
+    and the batches put in a random order (from seed and window). Still deterministic and
+    resumable at `start_batch`; every host gets its rows of the same global batches.
 
     The cache is checked first (StaleCacheError naming its manifest) against `config` and the
     encoder weights (`speech_encoder_checkpoint`, or the init seed `seed`); `config` None: the
@@ -466,7 +489,7 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
                    feature_lengths=feature_lengths)
     reader = _Reader(os.path.dirname(path), manifest)
     return _iterate(reader, manifest["count"], batch_size, shuffle, seed, num_epochs, start_batch,
-                    shard_index, num_shards, drop_remainder, prefetch)
+                    shard_index, num_shards, drop_remainder, prefetch, tuple(speech_buckets), bucket_window)
 
 
 def epoch_order(count: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -478,27 +501,53 @@ def epoch_order(count: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
 
 def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: int, num_epochs: int | None,
              start_batch: int, shard_index: int, num_shards: int, drop_remainder: bool,
-             prefetch: int) -> Iterator[dict[str, np.ndarray]]:
+             prefetch: int, buckets: tuple[int, ...] = (), window: int = 16) -> Iterator[dict[str, np.ndarray]]:
     total = None if num_epochs is None else count * num_epochs      # positions in the epoch stream
     local = batch_size // num_shards
     orders: dict[int, np.ndarray] = {}
+    windows: dict[int, list[list[int]]] = {}
+    lengths = reader.lengths() if buckets else None
 
-    def keys(g: int) -> list[int] | None:
-        """This host's keys of global batch g, or None past the end."""
-        lo = g * batch_size
-        if total is not None and (lo >= total or (drop_remainder and lo + batch_size > total)):
-            return None
-        first = lo + shard_index * local
-        last = first + local if total is None else min(first + local, total)
+    def stream(first: int, last: int) -> list[int]:
+        """Example keys at stream positions [first, last), cut at the end of the stream."""
         out = []
-        for p in range(first, last):
+        for p in range(first, last if total is None else min(last, total)):
             e = p // count
             if e not in orders:
                 if len(orders) > 2:
                     orders.clear()
                 orders[e] = epoch_order(count, e, shuffle, seed)
             out.append(int(orders[e][p % count]))
-        return out or None
+        return out
+
+    def window_batches(w: int) -> list[list[int]]:
+        """Global batches of window w: its examples sorted by length, cut, randomly ordered."""
+        if w not in windows:
+            ks = sorted(stream(w * window * batch_size, (w + 1) * window * batch_size), key=lambda k: (lengths[k], k))
+            cut = [ks[i:i + batch_size] for i in range(0, len(ks), batch_size)]
+            if cut and drop_remainder and len(cut[-1]) < batch_size:
+                cut.pop()
+            order = np.random.default_rng([seed, w, 1]).permutation(len(cut)) if shuffle else range(len(cut))
+            windows.clear()
+            windows[w] = [cut[i] for i in order]
+        return windows[w]
+
+    def keys(g: int) -> tuple[list[int], int | None] | None:
+        """This host's keys of global batch g and the frames to pad them to, or None past the
+        end. Bucketed, the padding is the global batch's bucket, the same on every host."""
+        if buckets:
+            w, j = divmod(g, window)
+            batches = window_batches(w)
+            if j >= len(batches) or not batches[j][shard_index * local:(shard_index + 1) * local]:
+                return None
+            longest = max(lengths[k] for k in batches[j])
+            return batches[j][shard_index * local:(shard_index + 1) * local], min(
+                [x for x in buckets if x >= longest] + [reader.frames])
+        lo = g * batch_size
+        if total is not None and (lo >= total or (drop_remainder and lo + batch_size > total)):
+            return None
+        mine = stream(lo + shard_index * local, lo + (shard_index + 1) * local)
+        return (mine, None) if mine else None
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:   # reads ahead while the step runs
         queue, g = [], start_batch
@@ -508,7 +557,7 @@ def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: 
                 g += 1
                 if k is None:
                     break
-                queue.append(pool.submit(reader.batch, k))
+                queue.append(pool.submit(reader.batch, *k))
             if not queue:
                 return
             yield queue.pop(0).result()

@@ -80,9 +80,13 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
                  batch_size: int = 32, seed: int = 0, shuffle: bool = True, start_batch: int = 0,
                  shard_index: int = 0, num_shards: int = 1, n_items: int = 4000, span_fraction: float = 0.3,
                  model_vocab_size: int = 1024, first_tasks: Sequence[str] = (), first_batches: int = 0,
-                 **unused) -> Iterator[dict[str, np.ndarray]]:
+                 target_buckets: Sequence[int] = (), **unused) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches for T5TaskModel: a `span_fraction` share of span-corruption examples,
     the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}.
+
+    `target_buckets` (e.g. (16,)): pad each batch's targets only to the smallest bucket that
+    holds its longest target (else to feature_lengths["targets"]): one compiled step per bucket,
+    no decoder work on padding that every row has.
 
     Curriculum: the first `first_batches` batches hold only instruction examples of the tasks
     whose names start with one of `first_tasks` (e.g. ("asr_",): repeating the text). A small
@@ -114,7 +118,8 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
             enc.append(i)
             tgt.append(t + [eos])
         enc, tgt = enc[shard_index * local:(shard_index + 1) * local], tgt[shard_index * local:(shard_index + 1) * local]
-        targets = pad_ids(tgt, feature_lengths["targets"])
+        longest = min(max(map(len, tgt)), feature_lengths["targets"])
+        targets = pad_ids(tgt, min([x for x in target_buckets if x >= longest] + [feature_lengths["targets"]]))
         yield {"encoder_input_tokens": pad_ids(enc, feature_lengths["inputs"]),
                "decoder_input_tokens": np.concatenate([np.zeros((local, 1), np.int32), targets[:, :-1]], 1),
                "decoder_target_tokens": targets,

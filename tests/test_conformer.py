@@ -245,3 +245,30 @@ def test_relative_key_bias_values_and_gradient_match_numpy(t, left, right):
     got, vjp = jax.vjp(lambda x: relative_key_bias(x, left, right), jnp.asarray(per_bucket))
     np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(cot))[0]), want_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t,f,cin", [(7, 80, 1), (8, 40, 3), (1, 5, 4)])
+def test_conv3x3_stride2_matches_lax_convolution_and_nn_conv_params(t, f, cin):
+    """The subsampling's patches-and-matmul convolution against lax.conv_general_dilated
+    (values and gradients, float32, tolerance 1e-5), with nn.Conv's parameters."""
+    from slm_jax.models.conformer import Conv3x3Stride2, conv3x3_stride2
+    rng = np.random.default_rng(t)
+    x = jnp.asarray(rng.standard_normal((2, t, f, cin)), jnp.float32)
+    ours = Conv3x3Stride2(6)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    ref = nn.Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    ref_params = ref.init(jax.random.PRNGKey(1), x)
+    assert jax.tree_util.tree_map(jnp.shape, nn.meta.unbox(params)) == jax.tree_util.tree_map(jnp.shape, ref_params)
+    np.testing.assert_array_equal(nn.meta.unbox(params)["params"]["kernel"], ref_params["params"]["kernel"])
+    p = {"params": {"kernel": jnp.asarray(rng.standard_normal((3, 3, cin, 6)), jnp.float32),
+                    "bias": jnp.asarray(rng.standard_normal(6), jnp.float32)}}
+    out = ours.apply(p, x)
+    assert out.shape == (2, (t + 1) // 2, (f + 1) // 2, 6)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref.apply(p, x)), rtol=1e-5, atol=1e-5)
+    w = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    grad = lambda fn: jax.grad(lambda p, x: jnp.sum(fn(p, x) * w), argnums=(0, 1))(p, x)  # noqa: E731
+    got, want = grad(ours.apply), grad(ref.apply)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(conv3x3_stride2(x, p["params"]["kernel"], p["params"]["bias"])),
+                               np.asarray(out), rtol=0, atol=0)

@@ -201,3 +201,43 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     # bucketing reorders within a task: the same examples, each once
     assert rows(got) == sorted(rows(raw[0]) + rows(raw[1]))
     assert got["encoded_speech"].shape[1] == 8
+
+
+def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache):
+    """speech_buckets: each window's examples sorted by length and padded to the smallest bucket
+    that holds them; every example still read once per epoch, the loss unchanged by the padding,
+    resumable, and the same global batches (and padding) on every host."""
+    assert cache["manifest"]["frames"] == [5, 7, 4, 6]
+    bucketed = lambda **kw: _cached(cache, batch_size=2, speech_buckets=(5, 6), bucket_window=2, **kw)  # noqa: E731
+    got = list(bucketed(num_epochs=1))
+    # unshuffled: keys by length 2 (4 frames), 0 (5) | 3 (6), 1 (7): buckets 5, then the cache's longest (8)
+    assert [b["encoded_speech"].shape[1] for b in got] == [5, 8]
+    assert [b["encoded_mask"].sum(1).tolist() for b in got] == [[4, 5], [6, 7]]
+    full = next(_cached(cache, batch_size=4))        # unbucketed: keys 0..3 in order, padded to 8
+    for b, keys in zip(got, ([2, 0], [3, 1])):
+        for row, k in enumerate(keys):
+            n = full["encoded_mask"][k].sum()
+            np.testing.assert_array_equal(b["encoded_speech"][row, :n], full["encoded_speech"][k, :n])
+            assert np.array_equal(b["decoder_target_tokens"][row], full["decoder_target_tokens"][k])
+    # the padding does not change the loss: batch [2, 0] at 5 frames vs the same rows at 8
+    model, padded = SLMTaskModel(CONFIG), {k: v[[2, 0]] for k, v in full.items()}
+    short = model.loss_fn(cache["params"], got[0], jax.random.PRNGKey(0), deterministic=True)
+    long = model.loss_fn(cache["params"], padded, jax.random.PRNGKey(0), deterministic=True)
+    np.testing.assert_allclose(float(short["loss_sum"]), float(long["loss_sum"]), rtol=1e-5)
+    assert float(short["weight_sum"]) == float(long["weight_sum"]) > 0
+
+    stream = list(itertools.islice(bucketed(shuffle=True, seed=3), 8))
+    for e in range(4):   # a window is an epoch here: each holds every example once
+        rows = np.concatenate([stream[2 * e]["decoder_target_tokens"], stream[2 * e + 1]["decoder_target_tokens"]])
+        assert len({r.tobytes() for r in rows}) == 4
+    for a, b in zip(stream[5:], itertools.islice(bucketed(shuffle=True, seed=3, start_batch=5), 3)):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    hosts = [list(itertools.islice(bucketed(shuffle=True, seed=3, shard_index=i, num_shards=2), 8)) for i in (0, 1)]
+    for whole, h0, h1 in zip(stream, *hosts):
+        for k in whole:
+            assert np.array_equal(np.concatenate([h0[k], h1[k]]), whole[k]), k
+
+    # a cache written before the manifest listed lengths: read from the records instead
+    reader = feature_cache._Reader(os.path.join(cache["dir"], register_fixed_task(), "train"),
+                                   {**cache["manifest"], "frames": None})
+    assert reader.lengths().tolist() == [5, 7, 4, 6]

@@ -56,3 +56,16 @@ def test_curriculum_batches_hold_only_the_first_tasks():
     assert (warm[2]["encoder_input_tokens"] >= 1024 - llm_text.NUM_SENTINELS).any()
     with pytest.raises(ValueError, match="first_tasks"):
         _take(1, first_tasks=("no_such_task",), first_batches=1)
+
+
+def test_target_buckets_trim_only_padding():
+    full, bucketed = _take(6), _take(6, target_buckets=(8, 16))
+    for a, b in zip(full, bucketed):
+        n = b["decoder_target_tokens"].shape[1]
+        longest = int((a["decoder_target_tokens"] > 0).sum(1).max())
+        assert n == min([x for x in (8, 16) if x >= longest] + [24])   # the smallest bucket that holds it
+        np.testing.assert_array_equal(a["encoder_input_tokens"], b["encoder_input_tokens"])
+        for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"):
+            np.testing.assert_array_equal(a[k][:, :n], b[k])
+            assert not a[k][:, n:].any(), k    # only padding was cut
+    assert {b["decoder_target_tokens"].shape[1] for b in bucketed} - {24}   # some batch was cut
