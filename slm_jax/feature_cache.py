@@ -54,7 +54,8 @@ cache is a no-op; a stale one is replaced. Evaluation and inference still run fr
 `cached_batches` has `get_batches`' contract: deterministic for a seed, resumable at
 `start_batch` in O(1), one epoch after another (`num_epochs=None`: forever). Shuffling is its
 own: a fresh permutation of the whole split per epoch (from `seed` and the epoch), not seqio's
-buffer order; unshuffled, its batches are exactly `get_batches(shuffle=False)`'s. With several
+buffer order; unshuffled (and without `speech_buckets`), its batches are exactly
+`get_batches(shuffle=False)`'s. With several
 hosts each global batch is the same as on one host, and host `shard_index` gets its rows
 `[shard_index * B / num_shards, (shard_index + 1) * B / num_shards)`.
 """

@@ -135,6 +135,12 @@ def train(run_dir: str, *, train_task: str = gin.REQUIRED, feature_lengths: Mapp
         s.checkpointer.maybe_save(step, state, force=True)
         s.checkpointer.close()
         writer.close()
+    if s.checkpointer.preempted:
+        # a preempted run ends the process (status 128 + signal, as the signal would have), also
+        # when called from a pipeline such as the demo: its next stage must not start
+        print(f"[train] preempted at step {step}: checkpoint saved; run the same command again to resume",
+              flush=True)
+        raise SystemExit(128 + int(s.checkpointer.preempted))
     if export_to and step >= train_steps:
         params = merge_params(state.params, s.frozen)
         save_params(export_to, params[export_subtree] if export_subtree else params)

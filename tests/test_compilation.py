@@ -113,3 +113,41 @@ def test_counter_sees_recompilation():
         f(np.ones(3, np.int32))
     assert cc.count("<lambda>") == 2 and cc.seconds("<lambda>") > 0
     assert "<lambda> x2" in cc.summary()
+
+
+_CACHE_PROBE = """
+import sys
+from jax import monitoring
+hits = []
+monitoring.register_event_listener(lambda e, **kw: hits.append(e) if e == "/jax/compilation_cache/cache_hits" else None)
+import jax, jax.numpy as jnp
+from slm_jax.main import enable_compilation_cache
+print("DIR", enable_compilation_cache())
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+print("VALUE", float(f(jnp.arange(12.0).reshape(3, 4) / 10)))
+print("HITS", len(hits))
+"""
+
+
+def test_runs_keep_compiled_programs_on_disk(tmp_path):
+    """enable_compilation_cache (called by every run): a second process compiling the same
+    program loads it from SLM_JAX_COMPILATION_CACHE; `off` turns the cache off."""
+    import os
+    import subprocess
+    import sys
+
+    def probe(value):
+        env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+        env.update(SLM_JAX_COMPILATION_CACHE=value, JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ")[0] in ("DIR", "VALUE", "HITS"))
+
+    cache = str(tmp_path / "xla")
+    first, second = probe(cache), probe(cache)
+    assert first["DIR"] == second["DIR"] == cache and os.listdir(cache)
+    # the second process loads its programs (the jitted one and the eager ops') from the first's
+    assert first["HITS"] == "0" and int(second["HITS"]) >= 1 and first["VALUE"] == second["VALUE"]
+    off = probe("off")
+    assert off["DIR"] == "None" and off["HITS"] == "0"

@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
 from slm_jax import configs
-from slm_jax.models.adapter import Adapter, AdapterConfig, subsample
+from slm_jax.models.adapter import Adapter, subsample
 from slm_jax.models.slm import SLM, abstract_params, dummy_inputs, pack, param_counts
 from slm_jax.models.whisper import WhisperEncoderConfig
 

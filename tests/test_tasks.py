@@ -99,7 +99,7 @@ def test_registered_names():
 
 
 def test_tiny_build_determinism_and_heldout_voices(data_dir, tmp_path):
-    other = spoken_world.prepare("tiny", data_dir=tmp_path / "tfds", verbose=False)
+    spoken_world.prepare("tiny", data_dir=tmp_path / "tfds", verbose=False)
     for split, pool in spoken_world.VOICE_POOLS.items():
         first, second = _stored(common.tfds_dir(), split), _stored(tmp_path / "tfds", split)
         assert sorted(first) == sorted(second)

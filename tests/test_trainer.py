@@ -140,6 +140,57 @@ def test_resume_reproduces_uninterrupted_loss_curve(tmp_path):
     np.testing.assert_allclose([split[s] for s in range(1, 11)], [full[s] for s in range(1, 11)], rtol=1e-6)
 
 
+def test_sigterm_saves_ends_the_process_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM at step 3: the step is checkpointed and train() ends the process
+    with status 143 (so a pipeline such as the demo does not go on to its next stage); the same
+    command then finishes the run with the uninterrupted loss curve."""
+    import signal
+    from slm_jax.checkpoints.manager import TrainCheckpointer
+    common = ["--gin.train.train_steps=6", "--gin.train.log_every=1", "--gin.setup.save_every=100"]
+    save, before = TrainCheckpointer.maybe_save, signal.getsignal(signal.SIGTERM)
+
+    def maybe_save(self, step, state, force=False):
+        if step == 3 and not force:
+            os.kill(os.getpid(), signal.SIGTERM)    # handled by the run's handler: sets preempted
+        return save(self, step, state, force=force)
+
+    monkeypatch.setattr(TrainCheckpointer, "maybe_save", maybe_save)
+    with pytest.raises(SystemExit) as stopped:
+        _main(tmp_path / "run", *common)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert max(_losses(tmp_path / "run")) == 3
+    assert signal.getsignal(signal.SIGTERM) == before     # the run's handler was removed again
+    monkeypatch.undo()
+    _main(tmp_path / "run", *common)
+    _main(tmp_path / "full", *common)
+    run, full = _losses(tmp_path / "run"), _losses(tmp_path / "full")
+    assert sorted(run) == list(range(1, 7))
+    np.testing.assert_allclose([run[s] for s in range(1, 7)], [full[s] for s in range(1, 7)], rtol=1e-6)
+
+
+def test_eval_sample_is_built_once_per_task_and_reused_across_models(tmp_path, monkeypatch):
+    """evaluate(max_examples=N) keeps its bounded sample in memory: a second model evaluated on
+    the same task builds no new input pipeline, scores identical data, and a re-registered task
+    (a new task object under the same name) is read again."""
+    import seqio
+    built = []
+    real = main.get_batches
+    monkeypatch.setattr(main, "get_batches", lambda name, *a, **k: (built.append(name), real(name, *a, **k))[1])
+    task = register_fixed_task("test_fixed_asr_eval_memo")
+    args = ["--gin.run.mode='eval'", "--gin.evaluate.max_examples=3", f"--gin.evaluate.eval_tasks=['{task}']"]
+    first = _main(tmp_path / "a", *args)[task]
+    assert first["num_examples"] == 3 and built == [task]
+    again = _main(tmp_path / "b", *args)[task]                                    # same model: same scores
+    assert {k: v for k, v in again.items() if k != "examples_per_s"} == \
+        {k: v for k, v in first.items() if k != "examples_per_s"} and built == [task]
+    _main(tmp_path / "c", *args, "--gin.slm_jax.AdapterConfig.hidden_size=16")   # another model
+    assert built == [task]
+    seqio.TaskRegistry.remove(task)
+    register_fixed_task.__wrapped__(task)       # past the helper's cache: a new task object
+    _main(tmp_path / "d", *args)
+    assert built == [task, task]
+
+
 def test_restore_with_other_config_names_the_difference(tmp_path):
     _main(tmp_path, "--gin.train.train_steps=2")
     with pytest.raises(CheckpointError, match="hidden_size"):

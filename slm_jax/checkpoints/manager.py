@@ -86,9 +86,10 @@ class TrainCheckpointer:
 
     # --- preemption
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT set `preempted`; the train loop then saves and exits cleanly."""
+        """SIGTERM/SIGINT set `preempted` (to the signal's number); the train loop then saves
+        and exits with status 128 + that number."""
         def handler(signum, frame):
-            self.preempted = True
+            self.preempted = signum
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old_handlers[sig] = signal.signal(sig, handler)
