@@ -104,6 +104,12 @@ def _bucket_by_speech_length(ds: tf.data.Dataset, buckets: Sequence[int], max_fr
     return ds.map(trim)
 
 
+def bucket_bound(longest: int, buckets: Sequence[int], full: int) -> int:
+    """The length a batch whose longest row is `longest` is padded to: the smallest bucket that
+    holds it, else `full` (the feature length)."""
+    return min([int(b) for b in buckets if b >= longest] + [full])
+
+
 def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """A short (last) numpy batch padded with zero rows to `rows`, so it reuses the step compiled
     for full batches; callers cut the outputs back to the real rows."""

@@ -85,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
+from slm_jax.data import bucket_bound
 from slm_jax.models.slm import SLM, SLMConfig
 
 CACHE_FORMAT = 1
@@ -539,11 +540,10 @@ def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: 
         if buckets:
             w, j = divmod(g, window)
             batches = window_batches(w)
-            if j >= len(batches) or not batches[j][shard_index * local:(shard_index + 1) * local]:
+            mine = batches[j][shard_index * local:(shard_index + 1) * local] if j < len(batches) else []
+            if not mine:
                 return None
-            longest = max(lengths[k] for k in batches[j])
-            return batches[j][shard_index * local:(shard_index + 1) * local], min(
-                [x for x in buckets if x >= longest] + [reader.frames])
+            return mine, bucket_bound(max(lengths[k] for k in batches[j]), buckets, reader.frames)
         lo = g * batch_size
         if total is not None and (lo >= total or (drop_remainder and lo + batch_size > total)):
             return None

@@ -161,29 +161,23 @@ _EVAL_DATA: "collections.OrderedDict[tuple, tuple[Any, list]]" = collections.Ord
 _EVAL_DATA_ENTRIES = 64
 
 
-def _bound(name: str, default: Any) -> Any:
-    try:
-        return gin.query_parameter(name)
-    except ValueError:
-        return default
-
-
 def _eval_batches(task: Any, name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int,
                   max_examples: int | None) -> Iterator[dict[str, np.ndarray]]:
     """One pass over a task's split in file order. With max_examples (a bounded sample), the
     batches are also kept in memory for this process, so evaluating several models on the same
     data (the demo's adapter depths) builds the seqio pipeline once. The key holds everything
-    that shapes the batches, including the registered task object itself (re-registering a name
-    gives a new entry) and the speech_buckets gin binding."""
+    that shapes the batches: the arguments, every gin binding of get_batches, and the registered
+    task object itself (re-registering a name gives a new entry; the entry holds the task, so
+    its id is not reused while the entry lives)."""
     batches = lambda: get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,  # noqa: E731
                                   shuffle=False, num_epochs=1, drop_remainder=False)
     if not max_examples:
         yield from batches()
         return
     key = (name, id(task), split, tuple(sorted(feature_lengths.items())), batch_size, max_examples,
-           repr(_bound("get_batches.speech_buckets", ())))
+           repr(sorted(gin.get_bindings("get_batches").items())))
     hit = _EVAL_DATA.get(key)
-    if hit is not None and hit[0] is task:
+    if hit is not None:
         _EVAL_DATA.move_to_end(key)
         yield from hit[1]
         return

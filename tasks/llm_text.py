@@ -21,6 +21,7 @@ from typing import Iterator, Mapping, Sequence
 import gin
 import numpy as np
 
+from slm_jax.data import bucket_bound
 from tasks import instruct, spoken_world, vocab as vocab_lib, world_text
 
 TEXT_SEED = {"train": 424242, "validation": 515151, "test": 616161}
@@ -118,8 +119,8 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
             enc.append(i)
             tgt.append(t + [eos])
         enc, tgt = enc[shard_index * local:(shard_index + 1) * local], tgt[shard_index * local:(shard_index + 1) * local]
-        longest = min(max(map(len, tgt)), feature_lengths["targets"])
-        targets = pad_ids(tgt, min([x for x in target_buckets if x >= longest] + [feature_lengths["targets"]]))
+        full = feature_lengths["targets"]
+        targets = pad_ids(tgt, bucket_bound(min(max(map(len, tgt)), full), target_buckets, full))
         yield {"encoder_input_tokens": pad_ids(enc, feature_lengths["inputs"]),
                "decoder_input_tokens": np.concatenate([np.zeros((local, 1), np.int32), targets[:, :-1]], 1),
                "decoder_target_tokens": targets,
