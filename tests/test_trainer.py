@@ -7,6 +7,7 @@ import os
 import re
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import optax
@@ -195,6 +196,33 @@ def test_restore_with_other_config_names_the_difference(tmp_path):
     _main(tmp_path, "--gin.train.train_steps=2")
     with pytest.raises(CheckpointError, match="hidden_size"):
         _main(tmp_path, "--gin.train.train_steps=4", "--gin.slm_jax.AdapterConfig.hidden_size=16")
+
+
+def test_setup_loads_foundations_and_initialises_the_rest_as_a_full_init_would(tmp_path):
+    """With llm_checkpoint given, setup initialises only the other subtrees (a smaller compiled
+    init): they equal a full init's, and the LLM holds exactly the checkpoint's values."""
+    from helpers import gin_tiny
+    from slm_jax.checkpoints.params_io import save_params
+    gin_tiny()
+    full = main.setup(str(tmp_path / "a"), model=SLMTaskModel(), trainable_patterns=["adapter/.*"])
+    full_params = merge_params(full.trainable, full.frozen)
+    llm = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, full_params["llm"])   # not the init
+    save_params(str(tmp_path / "llm.msgpack"), llm)
+    gin_tiny()
+    part = main.setup(str(tmp_path / "b"), model=SLMTaskModel(), trainable_patterns=["adapter/.*"],
+                      llm_checkpoint=str(tmp_path / "llm.msgpack"))
+    part_params = merge_params(part.trainable, part.frozen)
+    assert list(part_params) == list(full_params)
+    for kind in full_params:
+        want = llm if kind == "llm" else full_params[kind]
+        assert jax.tree_util.tree_structure(part_params[kind]) == jax.tree_util.tree_structure(want), kind
+        for a, b in zip(jax.tree_util.tree_leaves(part_params[kind]), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from slm_jax.task_model import CTCTaskModel
+    gin_tiny()
+    ctc = CTCTaskModel(gin.query_parameter("slm_jax.SLMConfig.speech_encoder").scoped_configurable_fn(), vocab_size=8)
+    with pytest.raises(ValueError, match="llm_checkpoint given but the model has no 'llm' subtree"):
+        main.setup(str(tmp_path / "c"), model=ctc, trainable_patterns=[".*"], llm_checkpoint=str(tmp_path / "llm.msgpack"))
 
 
 @pytest.fixture(scope="module")
