@@ -122,7 +122,8 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
                 feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
                 shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
                 start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
-                drop_remainder: bool = True, speech_buckets: Sequence[int] = ()) -> Iterator[dict[str, np.ndarray]]:
+                drop_remainder: bool = True, speech_buckets: Sequence[int] = (),
+                max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of a SeqIO task or mixture through SLMFeatureConverter.
 
     Deterministic for a given seed, so resuming at `start_batch` gives exactly the batches an
@@ -133,7 +134,11 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
     the batch's frames only to its bucket's bound (the last bucket is feature_lengths["speech"]),
     so short audio is not padded to the longest; one compiled step per bucket. Single-process
     only: with several hosts, each host's local batch must have the same shape, so multi-host
-    runs pad every batch to feature_lengths["speech"]."""
+    runs pad every batch to feature_lengths["speech"].
+    `max_examples`: only the first N examples (per shard) of the stream, taken before any length
+    bucketing. Bucketing groups examples by length, so cutting its batches instead would keep
+    whichever lengths fill a bucket first: a bounded evaluation sample must be the same
+    utterances (the first N) with or without buckets."""
     if batch_size % num_shards:
         raise ValueError(f"get_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
     if speech_buckets and num_shards > 1:
@@ -144,6 +149,8 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
         dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, verbose=False,
         shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
     local = batch_size // num_shards
+    if max_examples is not None:
+        ds = ds.take(max_examples)
     if speech_buckets:
         ds = _bucket_by_speech_length(ds, speech_buckets, feature_lengths["speech"], local, drop_remainder)
     else:

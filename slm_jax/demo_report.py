@@ -94,33 +94,55 @@ def text_scores(d) -> dict:
     return out
 
 
+def eval_sample(d, name: str) -> tuple[list[dict], int, int]:
+    """The batches the SLM evaluation scores for task `name`: main._eval_batches under the SLM
+    stage's gin config (its lengths, batch size and length buckets), so the same first
+    `eval_examples` utterances, taken from memory when an SLM evaluation in this process built
+    them already. Returns (batches, batch size, speech frames of a full-length batch)."""
+    import seqio
+    from slm_jax import main
+    main.parse_gin(["--gin_file=gin/runs/demo_slm.gin", *d.extra])
+    try:
+        lengths, batch_size = gin.query_parameter("evaluate.feature_lengths"), gin.query_parameter("evaluate.batch_size")
+        return (list(main._eval_batches(seqio.get_mixture_or_task(name), name, d.eval_split, lengths, batch_size,
+                                        d.eval_examples)), batch_size, lengths["speech"])
+    finally:
+        gin.clear_config()
+
+
+def _full_width(batch: dict, rows: int, frames: int) -> dict:
+    """A batch padded to `rows` rows and `frames` speech frames (zeros, mask 0): one compiled
+    CTC program for every length bucket."""
+    from slm_jax.data import pad_rows
+    batch = pad_rows(batch, rows)
+    pad = frames - batch["features"].shape[1]
+    return {**batch, "features": np.pad(batch["features"], ((0, 0), (0, pad), (0, 0))),
+            "feature_mask": np.pad(batch["feature_mask"], ((0, 0), (0, pad)))}
+
+
 def cascade_scores(d) -> dict:
     """CTC ASR of the speech encoder (decoded to text with its training task's vocabulary) ->
-    the text LLM with the task's instruction."""
+    the text LLM with the task's instruction, on the utterances the SLM is scored on."""
     import seqio
     import tasks  # noqa: F401
-    from slm_jax.data import get_batches, pad_rows
     t5, ctc = _models(d)
     llm_params = load_params(d.llm_path)
     enc_params = load_params(d.encoder_path)
     ctc_params = {"encoder": enc_params, "ctc_head": _ctc_head(d)}
     vocab = _vocab()
     ctc_vocab = seqio.get_mixture_or_task(d.encoder_task).output_features["targets"].vocabulary
-    lengths = {"speech": 600, "instruction": 48, "targets": 24}
     out = {}
     for name in eval_task_names(d):
         inputs, targets, asr = [], [], []
-        for batch in get_batches(name, d.eval_split, feature_lengths=lengths, batch_size=32, shuffle=False, num_epochs=1,
-                                 drop_remainder=False):
+        batches, batch_size, frames = eval_sample(d, name)
+        for batch in batches:
             n = batch["features"].shape[0]
-            ids = np.asarray(ctc.predict_batch(ctc_params, pad_rows(batch, 32))[0])[:n]
+            ids = np.asarray(ctc.predict_batch(ctc_params, _full_width(batch, batch_size, frames))[0])[:n]
             for row, inst, tgt in zip(ids, batch["instruction_tokens"], batch["decoder_target_tokens"]):
                 asr.append(ctc_vocab.decode([int(t) for t in row if t > 0]))   # CTC's text, re-tokenised for the LLM
                 inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
                 tgt = [int(t) for t in tgt if t > 1]
                 targets.append(vocab.decode(tgt))
-            if d.eval_examples and len(targets) >= d.eval_examples:
-                break
         if d.eval_examples:
             inputs, targets, asr = inputs[:d.eval_examples], targets[:d.eval_examples], asr[:d.eval_examples]
         preds = _decode_text(t5, llm_params, inputs)

@@ -169,14 +169,15 @@ _EVAL_DATA_ENTRIES = 64
 
 def _eval_batches(task: Any, name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int,
                   max_examples: int | None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a task's split in file order. With max_examples (a bounded sample), the
+    """One pass over a task's split in file order. With max_examples (a bounded sample: the
+    split's first N examples, with or without length buckets), the
     batches are also kept in memory for this process, so evaluating several models on the same
     data (the demo's adapter depths) builds the seqio pipeline once. The key holds everything
     that shapes the batches: the arguments, every gin binding of get_batches, and the registered
     task object itself (re-registering a name gives a new entry; the entry holds the task, so
     its id is not reused while the entry lives)."""
     batches = lambda: get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,  # noqa: E731
-                                  shuffle=False, num_epochs=1, drop_remainder=False)
+                                  shuffle=False, num_epochs=1, drop_remainder=False, max_examples=max_examples)
     if not max_examples:
         yield from batches()
         return

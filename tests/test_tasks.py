@@ -371,6 +371,10 @@ def test_fsdd_eval_tasks():
         _check_batch(batch, 4)
         targets = [v.decode([t for t in r if t > EOS]) for r in batch["decoder_target_tokens"]]
         assert all((t in words) if name == "fsdd_asr_en" else t in "0123456789" for t in targets), targets
+    # any first N records spread over digits and speakers (a bounded evaluation reads the first N)
+    recs = task.source.corpus.records("test")
+    assert {r["value"] for r in recs[:10]} == set(range(10))
+    assert len({r["voice"] for r in recs[:50]}) == min(5, len({r["voice"] for r in recs}))
 
 
 def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
@@ -404,6 +408,14 @@ def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
             np.testing.assert_array_equal(a[k], b[k])
     with pytest.raises(ValueError, match="single input shard"):
         get_batches(name, "train", speech_buckets=buckets, num_shards=2, **kw)
+    # a bounded sample is the first N examples, with or without buckets (grouping by length
+    # must not pick whichever lengths fill a bucket first)
+    first = rows(itertools.islice(get_batches(name, "train", num_epochs=1, drop_remainder=False, shuffle=False,
+                                              batch_size=1, feature_lengths=LENGTHS), 9))
+    for bk in ((), buckets):
+        sample = list(get_batches(name, "train", num_epochs=1, drop_remainder=False, shuffle=False, batch_size=4,
+                                  feature_lengths=LENGTHS, speech_buckets=bk, max_examples=9))
+        assert rows(sample) == first, bk
 
 
 def test_char_asr_targets_are_the_utf8_text(data_dir):

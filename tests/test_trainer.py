@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, pretrain_tiny_llm, register_fixed_task
+from helpers import FEATURE_LENGTHS, TINY_GIN, fixed_examples, pretrain_tiny_llm, register_fixed_task
 from slm_jax import configs, main
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
@@ -190,6 +190,22 @@ def test_eval_sample_is_built_once_per_task_and_reused_across_models(tmp_path, m
     register_fixed_task.__wrapped__(task)       # past the helper's cache: a new task object
     _main(tmp_path / "d", *args)
     assert built == [task, task]
+
+
+def test_bounded_eval_scores_the_first_examples_with_or_without_speech_buckets(tmp_path):
+    """evaluate(max_examples=2) scores the split's first two utterances (36 and 52 frames); with
+    length buckets grouping would have picked the two short ones (36, 28) first."""
+    task = register_fixed_task()
+    common = ["--gin.run.mode='eval'", "--gin.evaluate.max_examples=2", f"--gin.evaluate.eval_tasks=['{task}']"]
+
+    def targets(run_dir, *extra):
+        _main(run_dir, *common, *extra)
+        (path,) = (run_dir / "eval").glob(f"{task}*.jsonl")
+        return [json.loads(line)["target"] for line in path.read_text().splitlines()]
+
+    want = [e["text"] for e in fixed_examples()[:2]]
+    assert targets(tmp_path / "plain") == want
+    assert sorted(targets(tmp_path / "buckets", "--gin.get_batches.speech_buckets=[40]")) == sorted(want)
 
 
 def test_restore_with_other_config_names_the_difference(tmp_path):
