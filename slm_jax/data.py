@@ -110,6 +110,25 @@ def bucket_bound(longest: int, buckets: Sequence[int], full: int) -> int:
     return min([int(b) for b in buckets if b >= longest] + [full])
 
 
+def sort_by_length(batches: Sequence[Mapping[str, np.ndarray]], batch_size: int, buckets: Sequence[int], full: int,
+                   drop_remainder: bool = False) -> list[dict[str, np.ndarray]]:
+    """The examples of `batches` (padded to `full` frames) re-batched in order of valid speech
+    length (stable), each batch's frames cut to `bucket_bound` of its longest example."""
+    if not batches:
+        return []
+    rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    lengths = rows["feature_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    out = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        if drop_remainder and len(idx) < batch_size:
+            break
+        bound = bucket_bound(int(lengths[idx].max()), buckets, full)
+        out.append({k: v[idx][:, :bound] if k in ("features", "feature_mask") else v[idx] for k, v in rows.items()})
+    return out
+
+
 def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """A short (last) numpy batch padded with zero rows to `rows`, so it reuses the step compiled
     for full batches; callers cut the outputs back to the real rows."""
@@ -136,9 +155,10 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
     only: with several hosts, each host's local batch must have the same shape, so multi-host
     runs pad every batch to feature_lengths["speech"].
     `max_examples`: only the first N examples (per shard) of the stream, taken before any length
-    bucketing. Bucketing groups examples by length, so cutting its batches instead would keep
-    whichever lengths fill a bucket first: a bounded evaluation sample must be the same
-    utterances (the first N) with or without buckets."""
+    bucketing (grouping first would keep whichever lengths fill a bucket first: a bounded
+    evaluation sample must be the same utterances with or without buckets). With buckets, the N
+    examples are then sorted by length and batched in that order, each batch cut to its bucket:
+    the fewest batches and the least padding for a small sample."""
     if batch_size % num_shards:
         raise ValueError(f"get_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
     if speech_buckets and num_shards > 1:
@@ -151,6 +171,10 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
     local = batch_size // num_shards
     if max_examples is not None:
         ds = ds.take(max_examples)
+        if speech_buckets:
+            sample = list(ds.batch(local).as_numpy_iterator())
+            return iter(sort_by_length(sample, local, speech_buckets, feature_lengths["speech"],
+                                       drop_remainder)[start_batch:])
     if speech_buckets:
         ds = _bucket_by_speech_length(ds, speech_buckets, feature_lengths["speech"], local, drop_remainder)
     else:

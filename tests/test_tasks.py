@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import tasks
 from slm_jax import features as features_lib
-from slm_jax.data import SLMFeatureConverter, get_batches
+from slm_jax.data import bucket_bound, SLMFeatureConverter, get_batches
 from tasks import common, fsdd, local_manifest, spoken_world, vocab, world_text
 
 LENGTHS = {"speech": 800, "instruction": 48, "targets": 48}
@@ -416,6 +416,11 @@ def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
         sample = list(get_batches(name, "train", num_epochs=1, drop_remainder=False, shuffle=False, batch_size=4,
                                   feature_lengths=LENGTHS, speech_buckets=bk, max_examples=9))
         assert rows(sample) == first, bk
+    # bucketed, the sample is batched shortest first, each batch cut to its longest example's bucket
+    valid = [b["feature_mask"].sum(1) for b in sample]
+    assert all(a.max() <= b.min() for a, b in zip(valid, valid[1:]))
+    assert [b["features"].shape[1] for b in sample] == [bucket_bound(int(v.max()), buckets, LENGTHS["speech"])
+                                                         for v in valid]
 
 
 def test_char_asr_targets_are_the_utf8_text(data_dir):
