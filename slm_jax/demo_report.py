@@ -63,15 +63,23 @@ def _score(task_name: str, targets, preds) -> dict:
 
 
 def text_examples(task_name: str, split: str, limit: int | None = None):
-    """(text, instruction, target) of a speech task's records, with the text in place of speech."""
+    """(text, instruction, target) of a speech task's records, with the text in place of speech,
+    in the order the speech pipeline reads the split (the corpus's unshuffled `load`, which
+    need not be the listing's order): the first `limit` are the utterances that a bounded speech
+    evaluation (evaluate.max_examples) scores."""
     import seqio
     src = seqio.get_mixture_or_task(task_name).source
+    records = {r["id"]: r for r in src.corpus.records(split)}
+    ids = src.corpus.load(split, shuffle=False, seed=None, shard_info=None).map(lambda ex: ex["id"])
     out = []
-    for r in src.corpus.records(split):
+    for i in ids.as_numpy_iterator():
+        r = records[i.decode()]
         ex = src.make(r)
         if ex:
             out.append((r["text"], ex[0], ex[1]))
-    return out[:limit] if limit else out
+            if limit and len(out) == limit:
+                break
+    return out
 
 
 def eval_task_names(d) -> list[str]:

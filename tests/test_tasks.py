@@ -423,6 +423,20 @@ def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
                                                          for v in valid]
 
 
+def test_text_examples_are_the_utterances_a_bounded_speech_evaluation_scores(data_dir):
+    """The demo's text-input rows score the same first N utterances as its speech rows: the
+    corpus's unshuffled read order, which differs from the listing's (tfds shards)."""
+    from slm_jax.demo_report import text_examples
+    v = vocab.get_vocabulary()
+    for name in ("spoken_world_tiny_asr_fr", "spoken_world_tiny_ast_en_de"):
+        speech = [v.decode([t for t in row if t > EOS]) for b in get_batches(
+            name, "train", feature_lengths=LENGTHS, batch_size=4, shuffle=False, num_epochs=1,
+            drop_remainder=False, max_examples=6) for row in b["decoder_target_tokens"]]
+        text = text_examples(name, "train", limit=6)
+        assert [target for _, _, target in text] == speech, name
+        assert len(text) == 6
+
+
 def test_char_asr_targets_are_the_utf8_text(data_dir):
     """The `_asr_chars` tasks (CTC pretraining on characters) hold the same utterances as `_asr`,
     with UTF-8 byte targets (seqio.ByteVocabulary: byte + 3, then EOS = 1); accents survive."""
