@@ -102,18 +102,19 @@ def text_scores(d) -> dict:
     return out
 
 
-def eval_sample(d, name: str) -> tuple[list[dict], int, int]:
-    """The batches the SLM evaluation scores for task `name`: main._eval_batches under the SLM
-    stage's gin config (its lengths, batch size and length buckets), so the same first
+def eval_samples(d, names: Sequence[str]) -> tuple[dict[str, list[dict]], int, int]:
+    """The batches the SLM evaluation scores for each task of `names`: main._eval_batches under
+    the SLM stage's gin config (its lengths, batch size and length buckets), so the same first
     `eval_examples` utterances, taken from memory when an SLM evaluation in this process built
-    them already. Returns (batches, batch size, speech frames of a full-length batch)."""
+    them already. Returns ({name: batches}, batch size, speech frames of a full-length batch)."""
     import seqio
     from slm_jax import main
     main.parse_gin(["--gin_file=gin/runs/demo_slm.gin", *d.extra])
     try:
         lengths, batch_size = gin.query_parameter("evaluate.feature_lengths"), gin.query_parameter("evaluate.batch_size")
-        return (list(main._eval_batches(seqio.get_mixture_or_task(name), name, d.eval_split, lengths, batch_size,
-                                        d.eval_examples)), batch_size, lengths["speech"])
+        return ({name: list(main._eval_batches(seqio.get_mixture_or_task(name), name, d.eval_split, lengths,
+                                               batch_size, d.eval_examples)) for name in names},
+                batch_size, lengths["speech"])
     finally:
         gin.clear_config()
 
@@ -139,10 +140,10 @@ def cascade_scores(d) -> dict:
     ctc_params = {"encoder": enc_params, "ctc_head": _ctc_head(d)}
     vocab = _vocab()
     ctc_vocab = seqio.get_mixture_or_task(d.encoder_task).output_features["targets"].vocabulary
+    samples, batch_size, frames = eval_samples(d, eval_task_names(d))
     out = {}
-    for name in eval_task_names(d):
+    for name, batches in samples.items():
         inputs, targets, asr = [], [], []
-        batches, batch_size, frames = eval_sample(d, name)
         for batch in batches:
             n = batch["features"].shape[0]
             ids = np.asarray(ctc.predict_batch(ctc_params, _full_width(batch, batch_size, frames))[0])[:n]
@@ -151,8 +152,6 @@ def cascade_scores(d) -> dict:
                 inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
                 tgt = [int(t) for t in tgt if t > 1]
                 targets.append(vocab.decode(tgt))
-        if d.eval_examples:
-            inputs, targets, asr = inputs[:d.eval_examples], targets[:d.eval_examples], asr[:d.eval_examples]
         preds = _decode_text(t5, llm_params, inputs)
         out[name] = _score(name, targets, preds)
         if "_asr_" in name:

@@ -188,18 +188,11 @@ def _eval_batches(task: Any, name: str, split: str, feature_lengths: Mapping[str
         _EVAL_DATA.move_to_end(key)
         yield from hit[1]
         return
-    kept, n = [], 0
-    for batch in batches():
-        kept.append(batch)
-        n += batch["decoder_target_tokens"].shape[0]
-        if n >= max_examples:   # the caller stops after this batch: keep the sample first
-            break
-        yield batch
+    kept = list(batches())      # at most max_examples rows (get_batches takes them)
     _EVAL_DATA[key] = (task, kept)
     while len(_EVAL_DATA) > _EVAL_DATA_ENTRIES:
         _EVAL_DATA.popitem(last=False)
-    if n >= max_examples:
-        yield kept[-1]
+    yield from kept
 
 
 @gin.configurable
@@ -235,9 +228,6 @@ def evaluate(run_dir: str, *, eval_tasks: Sequence[str] = gin.REQUIRED, split: s
             tokens = np.asarray(jax.device_get(tokens))[:n]
             preds += [_text(vocab, t, eos) for t in tokens]
             targets += [_text(vocab, t, eos) for t in batch["decoder_target_tokens"]]
-            if max_examples and len(preds) >= max_examples:
-                targets, preds = targets[:max_examples], preds[:max_examples]
-                break
         if not preds:
             raise ValueError(f"eval task {name!r} split {split!r} produced no examples")
         scores: dict[str, float] = {}

@@ -31,19 +31,19 @@ def fsdd_dir() -> Path | None:
     return None
 
 
-def _order(name: str) -> tuple:
+def _order(m: re.Match) -> tuple:
     """Take number, then speaker, then digit: every first N of the records spreads over all
     digits and speakers (a bounded evaluation reads the first N; sorted file names would give
     N takes of "0" by one speaker)."""
-    digit, speaker, n = FILE_RE.match(name).groups()
+    digit, speaker, n = m.groups()
     return int(n), speaker, int(digit)
 
 
 @functools.lru_cache(maxsize=4)
 def _records(directory: str) -> tuple:
     out = []
-    for name in sorted((f for f in os.listdir(directory) if FILE_RE.match(f)), key=_order):
-        m = FILE_RE.match(name)
+    for m in sorted(filter(None, map(FILE_RE.match, os.listdir(directory))), key=_order):
+        name = m.string
         digit, speaker = int(m.group(1)), m.group(2)
         texts = {lang: world_text.cardinal(digit, lang) for lang in world_text.LANGUAGES}
         out.append({
