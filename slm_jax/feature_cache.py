@@ -71,6 +71,7 @@ if __name__ == "__main__":
     _entry()
     sys.exit(0)
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -235,7 +236,7 @@ def _task_names(name: str) -> list[str]:
 def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_lengths: Mapping[str, int],
                 config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
                 batch_size: int = 8, seed: int = 0, examples_per_shard: int = 4096,
-                overwrite: bool = False, verbose: bool = True) -> dict:
+                overwrite: bool = False, verbose: bool = True, share_bytes: int = 2 ** 30) -> dict:
     """Run the frozen speech encoder (jitted, batches of `batch_size`) once over `task`'s `split`
     (a task or a mixture name: via get_batches, unshuffled, one epoch, every example: the last
     batch is padded, then cut) and write the cache (see the module docstring). Returns the
@@ -247,9 +248,14 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     its tasks, one task after the other (every example exactly once; the manifest lists the
     tasks and their counts), so training from it samples the tasks in proportion to their
     example counts, which is seqio's `mixing_rate_num_examples`; other mixing rates are not
-    reproduced (cache the tasks separately for those)."""
+    reproduced (cache the tasks separately for those).
+
+    Examples with the same audio (the same valid feature frames: one utterance in an ASR and
+    in AST tasks) are encoded once: the frames are kept, up to `share_bytes` of them, for later
+    examples with that audio (beyond it they are encoded again); the manifest's
+    build.encoded_utterances counts the encoder's work."""
     from array_record.python.array_record_module import ArrayRecordWriter
-    from slm_jax.data import get_batches, pad_rows
+    from slm_jax.data import get_batches
 
     enc_cfg = config.speech_encoder
     if getattr(enc_cfg, "dropout_rate", 0.0) > 0:
@@ -282,45 +288,85 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     shards: list[dict] = []
     lengths: list[int] = []   # valid frames per example, in key order (for length bucketing)
     writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, 0, None, None
+    frames_of: dict[bytes, np.ndarray] = {}     # audio key -> encoder frames (kept or awaiting writing)
+    kept = {"bytes": 0, "keys": set()}          # frames kept for later examples with the same audio
+    waiting: collections.deque = collections.deque()    # examples in order: (key, tokens)
+    uses = collections.Counter()                # waiting examples per audio key
+    queue: list[tuple[bytes, np.ndarray, np.ndarray]] = []   # audio to encode: (key, features, mask)
+    in_flight: list = []
     t0 = time.perf_counter()
 
-    def write(batch: dict, n: int, outputs) -> None:
-        nonlocal writer, count, nbytes, encoded_length, dim, dtype
-        hidden, mask = jax.device_get(outputs)
-        hidden, mask = np.asarray(hidden), np.asarray(mask)
-        # batches may be cut to their length bucket (get_batches' speech_buckets): the padded
-        # length batches are read back at is the longest seen
-        encoded_length, dim, dtype = max(encoded_length, hidden.shape[1]), hidden.shape[2], hidden.dtype.name
-        for i in range(n):
-            if writer is None or shards[-1]["count"] >= examples_per_shard:
-                if writer is not None:
-                    writer.close()
-                shards.append({"file": f"{split}-{len(shards):05d}.array_record", "count": 0})
-                writer = ArrayRecordWriter(os.path.join(out_dir, shards[-1]["file"]), WRITER_OPTIONS)
-            frames = hidden[i, :_valid_length(mask[i], "encoder output")]
-            targets = _trim(batch["decoder_target_tokens"][i])
-            writer.write(_serialize(frames, _trim(batch["instruction_tokens"][i]),
-                                    batch["decoder_input_tokens"][i, :len(targets)], targets))
-            shards[-1]["count"] += 1
-            lengths.append(int(frames.shape[0]))
-            count += 1
-            nbytes += frames.nbytes
+    def write(key: bytes, tokens: tuple) -> None:
+        nonlocal writer, count, nbytes
+        if writer is None or shards[-1]["count"] >= examples_per_shard:
+            if writer is not None:
+                writer.close()
+            shards.append({"file": f"{split}-{len(shards):05d}.array_record", "count": 0})
+            writer = ArrayRecordWriter(os.path.join(out_dir, shards[-1]["file"]), WRITER_OPTIONS)
+        frames = frames_of[key]
+        writer.write(_serialize(frames, *tokens))
+        shards[-1]["count"] += 1
+        lengths.append(int(frames.shape[0]))
+        count, nbytes = count + 1, nbytes + frames.nbytes
+        uses[key] -= 1
+        if not uses[key] and key not in kept["keys"]:
+            del frames_of[key]
+
+    def collect() -> None:
+        """Bring the encoded batch in flight to the host, then write every example now ready."""
+        nonlocal encoded_length, dim, dtype
+        if in_flight:
+            keys, outputs = in_flight.pop()
+            hidden, mask = (np.asarray(x) for x in jax.device_get(outputs))
+            # batches may be cut to their length bucket (get_batches' speech_buckets): the padded
+            # length batches are read back at is the longest seen
+            encoded_length, dim, dtype = max(encoded_length, hidden.shape[1]), hidden.shape[2], hidden.dtype.name
+            for i, key in enumerate(keys):
+                frames_of[key] = hidden[i, :_valid_length(mask[i], "encoder output")].copy()
+                if kept["bytes"] + frames_of[key].nbytes <= share_bytes:
+                    kept["bytes"] += frames_of[key].nbytes
+                    kept["keys"].add(key)
+        while waiting and waiting[0][0] in frames_of:
+            write(*waiting.popleft())
+
+    def dispatch() -> None:
+        """Encode the queued audio (one batch, padded to batch_size rows) while the last batch is collected."""
+        width = max(f.shape[0] for _, f, _ in queue)
+        feats = np.zeros((batch_size, width, queue[0][1].shape[1]), queue[0][1].dtype)
+        masks = np.zeros((batch_size, width), queue[0][2].dtype)
+        for i, (_, f, m) in enumerate(queue):
+            feats[i, :f.shape[0]], masks[i, :m.shape[0]] = f, m
+        outputs = encode(encoder_params, feats, masks)   # runs while the previous batch is written
+        collect()
+        in_flight.append(([k for k, _, _ in queue], outputs))
+        stats["encoded"] += len(queue)
+        queue.clear()
 
     per_task: dict[str, int] = {}
+    stats = {"encoded": 0}
     batches = ((name, batch) for name in _task_names(task)
                for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
                                         shuffle=False, seed=seed, num_epochs=1, drop_remainder=False))
-    pending = None
     for name, batch in batches:
         n = batch["features"].shape[0]
         per_task[name] = per_task.get(name, 0) + n
-        speech = pad_rows({k: batch[k] for k in ("features", "feature_mask")}, batch_size)   # one compiled shape
-        outputs = encode(encoder_params, speech["features"], speech["feature_mask"])   # written while the next batch runs
-        if pending is not None:
-            write(*pending)
-        pending = (batch, n, outputs)
-    if pending is not None:
-        write(*pending)
+        for i in range(n):
+            valid = _valid_length(batch["feature_mask"][i], "feature")
+            # the same audio in several tasks (ASR and AST of one utterance) is encoded once
+            key = hashlib.blake2b(batch["features"][i, :valid].tobytes(), digest_size=16).digest()
+            if key not in frames_of and not uses[key]:    # neither encoded and kept, nor queued / in flight
+                queue.append((key, batch["features"][i], batch["feature_mask"][i]))
+            targets = _trim(batch["decoder_target_tokens"][i])
+            waiting.append((key, (_trim(batch["instruction_tokens"][i]), batch["decoder_input_tokens"][i, :len(targets)],
+                                  targets)))
+            uses[key] += 1
+            if len(queue) == batch_size:
+                dispatch()
+    if queue:
+        dispatch()
+    collect()
+    if waiting:   # cannot happen: every waiting example's audio was encoded above
+        raise RuntimeError(f"build_cache: {len(waiting)} examples were not written")
     if writer is not None:
         writer.close()
     if not count:
@@ -331,6 +377,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
                 "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
                 "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "frames": lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
+                          "encoded_utterances": stats["encoded"],
                           "batch_size": batch_size, "device": jax.devices()[0].platform}}
     tmp = manifest_path + ".tmp"
     with open(tmp, "w") as f:

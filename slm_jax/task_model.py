@@ -131,7 +131,8 @@ class SLMTaskModel(EncDecTaskModel):
 
 @gin.configurable
 class T5TaskModel(EncDecTaskModel):
-    """The LLM alone on text batches: encoder_input_tokens / decoder_* tokens."""
+    """The LLM alone on text batches: encoder_input_tokens / decoder_* tokens, and for packed
+    rows (several examples per row, as t5x packs) encoder_segment_ids / decoder_segment_ids."""
 
     def __init__(self, config: t5_lib.T5Config, label_smoothing: float = 0.0, z_loss: float = 1e-4):
         self.config = self.llm_config = config
@@ -144,6 +145,7 @@ class T5TaskModel(EncDecTaskModel):
 
     def logits(self, params, batch: Batch, rngs, deterministic: bool) -> jax.Array:
         return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                                 batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids"),
                                  deterministic=deterministic, rngs=rngs)
 
     def encode(self, params, batch: Batch):

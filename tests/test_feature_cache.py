@@ -186,12 +186,21 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     # last batch of each task is a short one
     gin.parse_config("get_batches.speech_buckets = [48]")
     try:
-        manifest = build_cache(str(tmp_path), mixture, "train", feature_lengths=FEATURE_LENGTHS, config=CONFIG,
-                               encoder_params=encoder_params_for(CONFIG, cache["ckpt"]),
-                               weights=weights_id(cache["ckpt"]), batch_size=1, verbose=False)
+        build = lambda d, **kw: build_cache(d, mixture, "train", feature_lengths=FEATURE_LENGTHS, config=CONFIG,  # noqa: E731
+                                            encoder_params=encoder_params_for(CONFIG, cache["ckpt"]),
+                                            weights=weights_id(cache["ckpt"]), batch_size=1, verbose=False, **kw)
+        manifest = build(str(tmp_path))
+        unshared = build(str(tmp_path / "unshared"), share_bytes=0)   # no frames kept: every example encoded
     finally:
         gin.clear_config()
     assert manifest["count"] == 8 and manifest["tasks"] == {first: 4, second: 4}
+    # the two tasks share their audio: each utterance went through the encoder once
+    assert manifest["build"]["encoded_utterances"] == 4 and unshared["build"]["encoded_utterances"] == 8
+    assert manifest["frames"] == unshared["frames"]
+    one, other = (next(cached_batches(mixture, "train", feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False,
+                                      cache_dir=d, config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]))
+                  for d in (str(tmp_path), str(tmp_path / "unshared")))
+    assert all(np.array_equal(one[k], other[k]) for k in one)
     assert manifest["encoded_length"] == 8          # the longest bucket, whichever batch came last
     got = next(cached_batches(mixture, "train", feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False,
                               cache_dir=str(tmp_path), config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]))

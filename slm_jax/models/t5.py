@@ -297,8 +297,23 @@ class DecoderLayer(nn.Module):
         return _constrain(x + drop(h, deterministic=deterministic)), self_bias
 
 
+def segment_mask(query_segments: Array | None, key_segments: Array) -> Array:
+    """Attention mask [B, 1, Lq, Lk] from segment ids [B, L] (0 = padding; a 0/1 or boolean
+    validity mask is the one-segment case). A key is visible when it is valid and, for a query in
+    a segment, lies in the same segment: packed rows (several examples per row, as t5x packs)
+    attend only within their own example. Padding queries, and all queries when
+    query_segments is None, see every valid key, as HF's key-only masks do. Relative position
+    biases need no per-segment positions: within one segment the global offsets are the local ones."""
+    keys = key_segments.astype(jnp.int32)[:, None, None, :]
+    mask = keys > 0
+    if query_segments is None:
+        return mask
+    queries = query_segments.astype(jnp.int32)[:, None, :, None]
+    return mask & ((queries == keys) | (queries == 0))
+
+
 class Encoder(nn.Module):
-    """Encoder stack on embeddings [B, L, D] with validity mask [B, L]."""
+    """Encoder stack on embeddings [B, L, D] with validity mask or segment ids [B, L]."""
     config: T5Config
 
     @nn.compact
@@ -309,7 +324,7 @@ class Encoder(nn.Module):
         length = x.shape[1]
         bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
             jnp.arange(length), jnp.arange(length))
-        attn_mask = mask.astype(bool)[:, None, None, :]   # keys only, as in HF
+        attn_mask = segment_mask(mask, mask)
         for i in range(cfg.num_encoder_layers):
             x = EncoderLayer(cfg, name=f"layers_{i}")(x, attn_mask, bias, deterministic)
         x = _norm(cfg, "encoder_norm")(x)
@@ -328,7 +343,7 @@ class Decoder(nn.Module):
         y = drop(_constrain(y.astype(cfg.dtype)), deterministic=deterministic)
         encoded = encoded.astype(cfg.dtype)
         relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
-        cross_mask = encoder_mask.astype(bool)[:, None, None, :]
+        cross_mask = segment_mask(decoder_mask, encoder_mask)
         # A real cached step, unless this is model.init building the cache from full-length inputs.
         decode_step = decode and not self.is_initializing()
         if decode_step:
@@ -338,7 +353,7 @@ class Decoder(nn.Module):
             bias = relpos(jnp.arange(length), jnp.arange(length))
             self_mask = causal_mask(length)
             if decoder_mask is not None:
-                self_mask = jnp.logical_and(self_mask, decoder_mask.astype(bool)[:, None, None, :])
+                self_mask = jnp.logical_and(self_mask, segment_mask(decoder_mask, decoder_mask))
         for i in range(cfg.num_decoder_layers):
             y, bias = DecoderLayer(cfg, relpos=relpos if (decode_step and i == 0) else None, name=f"layers_{i}")(
                 y, encoded, self_mask, bias, cross_mask, deterministic, decode, decode_step,
@@ -385,7 +400,8 @@ class T5(nn.Module):
         """Float32 logits [B, T, V] for shifted-right decoder inputs [B, T].
 
         decoder_mask (optional, [B, T]) masks padded keys on top of the causal mask; with right
-        padding it does not change the logits at valid positions. decode=True: one cached step
+        padding it does not change the logits at valid positions. Packed rows: both masks are
+        segment ids (`segment_mask`), so each target attends to its own example's inputs only. decode=True: one cached step
         (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`).
         cross_kv: the cross-attention keys/values of `cross_attention_kv(encoded)`, so they are
         not projected again (decoding projects them once, not at every step)."""
