@@ -436,7 +436,7 @@ def cache_features(cache_dir: str | None = None, task: str | None = None, split:
                    feature_lengths: Mapping[str, int] | None = None, batch_size: int | None = None,
                    seed: int | None = None, config: SLMConfig | None = None,
                    speech_encoder_checkpoint: str | None = None, examples_per_shard: int = 4096,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, share_bytes: int = 2 ** 30) -> dict:
     """build_cache for the configured run: each argument left None is taken from the run's gin
     bindings (cached_batches.cache_dir, train.train_task / feature_lengths / batch_size / seed,
     setup.model / speech_encoder_checkpoint), so it writes the cache `train` will read."""
@@ -449,7 +449,7 @@ def cache_features(cache_dir: str | None = None, task: str | None = None, split:
     params = encoder_params_for(config, ckpt, seed)
     return build_cache(cache_dir, task, split, feature_lengths=feature_lengths, config=config,
                        encoder_params=params, weights=weights_id(ckpt, seed), batch_size=batch_size, seed=seed,
-                       examples_per_shard=examples_per_shard, overwrite=overwrite)
+                       examples_per_shard=examples_per_shard, overwrite=overwrite, share_bytes=share_bytes)
 
 
 # ----------------------------------------------------------------------------- read

@@ -298,15 +298,15 @@ class DecoderLayer(nn.Module):
 
 
 def segment_mask(query_segments: Array | None, key_segments: Array) -> Array:
-    """Attention mask [B, 1, Lq, Lk] from segment ids [B, L] (0 = padding; a 0/1 or boolean
-    validity mask is the one-segment case). A key is visible when it is valid and, for a query in
-    a segment, lies in the same segment: packed rows (several examples per row, as t5x packs)
-    attend only within their own example. Padding queries, and all queries when
-    query_segments is None, see every valid key, as HF's key-only masks do. Relative position
-    biases need no per-segment positions: within one segment the global offsets are the local ones."""
+    """Attention mask [B, 1, Lq or 1, Lk] from integer segment ids [B, L] (0 = padding, 1.. the
+    examples of a packed row, as t5x packs) or boolean validity masks. A key is visible when it is
+    valid and, for a query in a segment, lies in the same segment: packed examples attend only
+    within themselves. Padding queries see every valid key, as HF's key-only masks do; boolean
+    masks (or no query_segments) give that key-only mask [B, 1, 1, Lk]. Relative position biases
+    need no per-segment positions: within one segment the global offsets are the local ones."""
     keys = key_segments.astype(jnp.int32)[:, None, None, :]
     mask = keys > 0
-    if query_segments is None:
+    if query_segments is None or query_segments.dtype == jnp.bool_ or key_segments.dtype == jnp.bool_:
         return mask
     queries = query_segments.astype(jnp.int32)[:, None, :, None]
     return mask & ((queries == keys) | (queries == 0))
