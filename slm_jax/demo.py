@@ -145,7 +145,7 @@ class Demo:
 
 
 @gin.configurable
-def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 2500, encoder_steps: int = 1500,
+def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 1400, encoder_steps: int = 1200,
              slm_steps: int = 1000, depths: Sequence[int] = (0, 1, 2, 4), main_depth: int = 2,
              eval_examples: int | None = None, eval_split: str = "test", fsdd: bool = True,
              extra_bindings: Sequence[str] = ()) -> dict:
