@@ -81,9 +81,10 @@ def pack_rows(examples: Sequence[tuple[Sequence[int], Sequence[int]]], n_rows: i
               target_len: int) -> tuple[dict[str, np.ndarray], int]:
     """Packs (input ids, target ids) examples, in order, into `n_rows` rows as t5x does: each
     row takes examples while both its inputs and targets still fit, then the next row begins.
-    Examples longer than a row are cut to it; rows left when the examples run out stay padding. Returns the T5TaskModel batch (with
-    encoder_segment_ids / decoder_segment_ids numbering the examples of a row from 1, and
-    decoder inputs shifted right within each example) and the number of examples used."""
+    Examples longer than a row are cut to it; rows left when the examples run out stay padding.
+    Returns the T5TaskModel batch (with encoder_segment_ids / decoder_segment_ids numbering the
+    examples of a row from 1, and decoder inputs shifted right within each example) and the
+    number of examples used."""
     enc = np.zeros((n_rows, input_len), np.int32)
     tgt, dec_in = np.zeros((n_rows, target_len), np.int32), np.zeros((n_rows, target_len), np.int32)
     enc_seg, dec_seg = np.zeros_like(enc), np.zeros_like(tgt)

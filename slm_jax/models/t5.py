@@ -401,8 +401,8 @@ class T5(nn.Module):
 
         decoder_mask (optional, [B, T]) masks padded keys on top of the causal mask; with right
         padding it does not change the logits at valid positions. Packed rows: both masks are
-        segment ids (`segment_mask`), so each target attends to its own example's inputs only. decode=True: one cached step
-        (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`).
+        segment ids (`segment_mask`), so each target attends to its own example's inputs only.
+        decode=True: one cached step (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`).
         cross_kv: the cross-attention keys/values of `cross_attention_kv(encoded)`, so they are
         not projected again (decoding projects them once, not at every step)."""
         cfg = self.config
