@@ -289,11 +289,12 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     lengths: list[int] = []   # valid frames per example, in key order (for length bucketing)
     writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, 0, None, None
     frames_of: dict[bytes, np.ndarray] = {}     # audio key -> encoder frames (kept or awaiting writing)
-    kept = {"bytes": 0, "keys": set()}          # frames kept for later examples with the same audio
+    kept: set[bytes] = set()                    # keys whose frames stay for later examples with that audio
+    kept_bytes, encoded = 0, 0                  # bytes of kept frames; utterances the encoder ran on
     waiting: collections.deque = collections.deque()    # examples in order: (key, tokens)
     uses = collections.Counter()                # waiting examples per audio key
     queue: list[tuple[bytes, np.ndarray, np.ndarray]] = []   # audio to encode: (key, features, mask)
-    in_flight: list = []
+    in_flight = None                            # (keys, outputs) of the batch the encoder is running
     t0 = time.perf_counter()
 
     def write(key: bytes, tokens: tuple) -> None:
@@ -309,28 +310,29 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
         lengths.append(int(frames.shape[0]))
         count, nbytes = count + 1, nbytes + frames.nbytes
         uses[key] -= 1
-        if not uses[key] and key not in kept["keys"]:
+        if not uses[key] and key not in kept:
             del frames_of[key]
 
     def collect() -> None:
         """Bring the encoded batch in flight to the host, then write every example now ready."""
-        nonlocal encoded_length, dim, dtype
-        if in_flight:
-            keys, outputs = in_flight.pop()
+        nonlocal encoded_length, dim, dtype, kept_bytes, in_flight
+        if in_flight is not None:
+            (keys, outputs), in_flight = in_flight, None
             hidden, mask = (np.asarray(x) for x in jax.device_get(outputs))
             # batches may be cut to their length bucket (get_batches' speech_buckets): the padded
             # length batches are read back at is the longest seen
             encoded_length, dim, dtype = max(encoded_length, hidden.shape[1]), hidden.shape[2], hidden.dtype.name
             for i, key in enumerate(keys):
                 frames_of[key] = hidden[i, :_valid_length(mask[i], "encoder output")].copy()
-                if kept["bytes"] + frames_of[key].nbytes <= share_bytes:
-                    kept["bytes"] += frames_of[key].nbytes
-                    kept["keys"].add(key)
+                if kept_bytes + frames_of[key].nbytes <= share_bytes:
+                    kept_bytes += frames_of[key].nbytes
+                    kept.add(key)
         while waiting and waiting[0][0] in frames_of:
             write(*waiting.popleft())
 
     def dispatch() -> None:
         """Encode the queued audio (one batch, padded to batch_size rows) while the last batch is collected."""
+        nonlocal in_flight, encoded
         width = max(f.shape[0] for _, f, _ in queue)
         feats = np.zeros((batch_size, width, queue[0][1].shape[1]), queue[0][1].dtype)
         masks = np.zeros((batch_size, width), queue[0][2].dtype)
@@ -338,12 +340,10 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
             feats[i, :f.shape[0]], masks[i, :m.shape[0]] = f, m
         outputs = encode(encoder_params, feats, masks)   # runs while the previous batch is written
         collect()
-        in_flight.append(([k for k, _, _ in queue], outputs))
-        stats["encoded"] += len(queue)
+        in_flight, encoded = ([k for k, _, _ in queue], outputs), encoded + len(queue)
         queue.clear()
 
     per_task: dict[str, int] = {}
-    stats = {"encoded": 0}
     batches = ((name, batch) for name in _task_names(task)
                for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
                                         shuffle=False, seed=seed, num_epochs=1, drop_remainder=False))
@@ -377,7 +377,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
                 "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
                 "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "frames": lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
-                          "encoded_utterances": stats["encoded"],
+                          "encoded_utterances": encoded,
                           "batch_size": batch_size, "device": jax.devices()[0].platform}}
     tmp = manifest_path + ".tmp"
     with open(tmp, "w") as f:
