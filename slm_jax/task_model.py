@@ -68,14 +68,24 @@ class EncDecTaskModel:
                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Decoded target tokens [B, max_len] (EOS then 0s) and their scores [B]."""
         encoded, mask = self.encode(params, batch)
+        return self._decode(params, encoded, mask, decode_cfg, rng)
+
+    @functools.partial(jax.jit, static_argnums=(0, 4))
+    def decode_encoded(self, params, encoded: jax.Array, mask: jax.Array,
+                       decode_cfg: DecodeConfig = DecodeConfig(),
+                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """`predict_batch` from LLM encoder states [B, L, D] and their mask [B, L] (the output of
+        `encode`): the decoding loop alone, e.g. to decode several ways from one encoding."""
+        return self._decode(params, encoded, mask, decode_cfg, rng)
+
+    def _decode(self, params, encoded, mask, decode_cfg: DecodeConfig, rng):
         bsz = encoded.shape[0]
         llm_params = self.llm_params(params)
         eos, start = self.llm_config.eos_id, self.llm_config.decoder_start_token_id
         k = decode_cfg.beam_size if decode_cfg.method == "beam" else 1
-        # cross-attention keys/values: projected once here, not at every step
+        # cross-attention keys/values: projected once here, not at every step, and shared by the
+        # beams of each example (not repeated per beam)
         cross_kv = t5_lib.cross_attention_kv(self.llm, llm_params, encoded)
-        if k > 1:
-            encoded, mask, cross_kv = decoding.expand_for_beams((encoded, mask, cross_kv), k)
         cache = t5_lib.init_cache(self.llm, llm_params, bsz * k, decode_cfg.max_len, encoded.shape[1])
 
         def step_fn(tokens, cache):

@@ -1,6 +1,7 @@
 """T5/mT5 model and HF importer: parity with transformers (PyTorch) on tiny random configs,
 KV-cache decoding against the teacher-forced pass, bad checkpoints, bf16 compute."""
 
+import dataclasses
 import json
 import os
 
@@ -16,6 +17,7 @@ from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.hf_t5 import load_hf_t5
 from slm_jax.models import t5 as t5_lib
 from slm_jax.models.t5 import T5, T5Config
+from slm_jax.task_model import DecodeConfig, T5TaskModel
 
 PARITY_TOL = 1e-4     # float32 logits, max abs diff vs transformers on valid positions
 CACHE_TOL = 1e-5      # cached step logits vs the teacher-forced pass (same JAX model)
@@ -198,7 +200,9 @@ def test_precomputed_cross_attention_kv_gives_the_same_step(checkpoints):
     encoded = model.apply({"params": params}, enc, enc_mask, method=T5.encode)
     cross_kv = t5_lib.cross_attention_kv(model, params, encoded)
     assert set(cross_kv) == {f"layers_{i}" for i in range(cfg.num_decoder_layers)}
-    assert cross_kv["layers_0"][0].shape == encoded.shape[:2] + (cfg.num_heads, cfg.d_kv)
+    key, value = cross_kv["layers_0"]   # the KV_LAYOUTS the decoding dots read
+    b, length = encoded.shape[:2]
+    assert key.shape == (b, cfg.num_heads, cfg.d_kv, length) and value.shape == (b, cfg.num_heads, length, cfg.d_kv)
     step = jax.jit(lambda c, t, kv: t5_lib.decode_step(model, params, c, encoded, enc_mask, t, kv))
     cache_a = cache_b = t5_lib.init_cache(model, params, enc.shape[0], 5, enc.shape[1])
     tokens = jnp.zeros((enc.shape[0], 1), jnp.int32)
@@ -208,6 +212,29 @@ def test_precomputed_cross_attention_kv_gives_the_same_step(checkpoints):
         # the same math; XLA may fuse the two programs differently (float32 rounding)
         assert float(np.max(np.abs(np.asarray(logits_b) - np.asarray(logits_a)))) <= CACHE_TOL
         tokens = jnp.argmax(logits_a, -1).astype(jnp.int32)[:, None]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_matches_transformers_generate(checkpoints, beams):
+    """Greedy and beam search (the cached loop, beams sharing their example's cross-attention
+    keys/values) produce the same tokens as transformers' generate on the same weights. EOS is
+    an id outside the vocabulary on both sides, so every sequence runs max_len steps."""
+    directory, reference = checkpoints["mt5_untied"]
+    cfg, params = load_hf_t5(directory)
+    never, max_len, alpha = cfg.vocab_size, 7, 0.6
+    model = T5TaskModel(dataclasses.replace(cfg, eos_id=never))
+    enc, enc_mask, _, _ = _padded_batch(seed=3)
+    dcfg = DecodeConfig(method="greedy" if beams == 1 else "beam", max_len=max_len, beam_size=beams, alpha=alpha)
+    ours, _ = model.predict_batch(params, {"encoder_input_tokens": jnp.asarray(enc)}, dcfg)
+    with torch.no_grad():
+        theirs = reference.generate(input_ids=torch.tensor(enc, dtype=torch.long),
+                                    attention_mask=torch.tensor(enc_mask), max_new_tokens=max_len,
+                                    do_sample=False, num_beams=beams, eos_token_id=never,
+                                    **({"length_penalty": alpha} if beams > 1 else {}))
+    theirs = theirs[:, 1:].numpy()          # drop the decoder start token
+    assert theirs.shape == (enc.shape[0], max_len)
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    assert len(np.unique(theirs)) > 2       # non-degenerate sequences
 
 
 def test_missing_tensor_is_named(checkpoints, tmp_path):

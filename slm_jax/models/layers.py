@@ -69,13 +69,15 @@ def causal_mask(length: int) -> Array:
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Array | None = None,
                           mask: Array | None = None, scale: float | None = None,
-                          dtype: Dtype = jnp.float32) -> Array:
-    """Softmax attention. q [B,Lq,H,D], k/v [B,Lk,H,D]; bias broadcastable to [B,H,Lq,Lk];
-    mask boolean broadcastable to [B,H,Lq,Lk] (True = attend). Softmax in float32.
+                          dtype: Dtype = jnp.float32, k_layout: str = "bkhd", v_layout: str = "bkhd") -> Array:
+    """Softmax attention. q [B,Lq,H,D], k/v [B,Lk,H,D], or in the layouts `k_layout` / `v_layout`
+    name (einsum letters b, k, h, d): a KV cache keeps k as "bhdk" and v as "bhkd", the operand
+    layouts of the two dots, so no decoding step transposes it. bias broadcastable to
+    [B,H,Lq,Lk]; mask boolean broadcastable to [B,H,Lq,Lk] (True = attend). Softmax in float32.
     Rows with no valid key produce zeros instead of NaN."""
     if scale is not None:
         q = q * jnp.asarray(scale, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    logits = jnp.einsum(f"bqhd,{k_layout}->bhqk", q, k).astype(jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -83,7 +85,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Array | None = 
     weights = jax.nn.softmax(logits, axis=-1)
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
+    # [B,H,Lq,D] is the dot's natural output (batch dims first); XLA's CPU backend runs a dot
+    # that writes [B,Lq,H,D] directly as a slow generic loop, so transpose the result instead
+    out = jnp.einsum(f"bhqk,{v_layout}->bhqd", weights.astype(dtype), v.astype(dtype))
+    return out.transpose(0, 2, 1, 3)
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

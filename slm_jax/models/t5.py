@@ -13,8 +13,8 @@ The architecture (as in HF `MT5ForConditionalGeneration` and t5x):
 Decoder inputs follow T5: targets shifted right, starting with `decoder_start_token_id` (0 = pad).
 
 Incremental decoding (`decode=True`) is t5x-style: every decoder self-attention keeps
-`cached_key` / `cached_value` [B, max_len, H, d_kv] and a scalar `cache_index` in the flax
-"cache" collection; each call runs ONE position, writes its key/value at `cache_index` and
+`cached_key` [B, H, d_kv, max_len] / `cached_value` [B, H, max_len, d_kv] (`KV_LAYOUTS`) and a
+scalar `cache_index` in the flax "cache" collection; each call runs ONE position, writes its key/value at `cache_index` and
 attends to positions <= cache_index, with the relative-position bias of the current position
 against all cached positions. `init_cache` builds a zeroed cache, `decode_step` runs one step.
 Cross-attention keys/values depend only on `encoded`: `cross_attention_kv` projects them once
@@ -173,6 +173,15 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(values, (2, 0, 1))[None].astype(jnp.float32)
 
 
+KV_LAYOUTS = ("bhdk", "bhkd")   # keys [B, H, d_kv, L], values [B, H, L, d_kv]: the dots' operand layouts
+
+
+def to_kv_layouts(k: Array, v: Array) -> tuple[Array, Array]:
+    """Projected keys / values [B, L, H, d_kv] -> the KV_LAYOUTS that decoding keeps (cache and
+    cross-attention keys/values), so XLA does not transpose them again at every step."""
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
     """Multi-head attention with T5 conventions (no scaling, bias from the caller).
 
@@ -180,7 +189,8 @@ class Attention(nn.Module):
     With `decode_step=True` (decoder self-attention only) it runs one position against the
     KV cache and builds its own mask; if given `relpos` it also computes the position bias
     (first layer) and returns it so the stack can share it with later layers. `kv`: keys and
-    values [B, Lk, H, d_kv] already projected from inputs_kv (cross-attention while decoding)."""
+    values already projected from inputs_kv, in `KV_LAYOUTS` (cross-attention while decoding);
+    they may hold one row per example for several query rows each (beams: see `decode_step`)."""
     config: T5Config
 
     @nn.compact
@@ -203,23 +213,41 @@ class Attention(nn.Module):
             k = proj("key", d ** -0.5)(inputs_kv)
             v = proj("value", d ** -0.5)(inputs_kv)
 
+        in_kv_layouts = kv is not None
         if decode:
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+            # cached in the layouts the per-step attention dots read (KV_LAYOUTS), so no step
+            # transposes (copies) the whole cache
+            b, length = k.shape[:2]
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, h, dk, length), k.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, (b, h, length, dk), v.dtype)
             cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
             if decode_step:
                 if inputs_q.shape[1] != 1:
                     raise ValueError(f"decode=True runs one position at a time; got length {inputs_q.shape[1]}")
-                max_len = cached_key.value.shape[1]
+                max_len = cached_value.value.shape[2]
                 idx = cache_index.value
-                k = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), (0, idx, 0, 0))
-                v = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype), (0, idx, 0, 0))
+                new_k, new_v = to_kv_layouts(k, v)
+                k = jax.lax.dynamic_update_slice(cached_key.value, new_k.astype(cached_key.value.dtype),
+                                                 (0, 0, 0, idx))
+                v = jax.lax.dynamic_update_slice(cached_value.value, new_v.astype(cached_value.value.dtype),
+                                                 (0, 0, idx, 0))
                 cached_key.value, cached_value.value, cache_index.value = k, v, idx + 1
+                in_kv_layouts = True
                 mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
                 if bias is None and relpos is not None:
                     bias = relpos(idx[None], jnp.arange(max_len))   # [1, H, 1, max_len]
 
-        out = dot_product_attention(q, k, v, bias=bias, mask=mask, dtype=cfg.dtype)
+        layouts = dict(zip(("k_layout", "v_layout"), KV_LAYOUTS)) if in_kv_layouts else {}
+        rows, kv_rows = q.shape[0], k.shape[0]
+        if rows != kv_rows:
+            # beam search: the rows of one example (beam-major) share its keys / values, so its
+            # beams attend as extra query positions instead of repeating the keys per beam
+            if kv is None or rows % kv_rows:
+                raise ValueError(f"{rows} query rows for {kv_rows} key/value rows: only precomputed "
+                                 "cross-attention keys/values may be shared, by a whole number of rows each")
+            q = q.reshape(kv_rows, -1, h, dk)
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, dtype=cfg.dtype, **layouts)
+        out = out.reshape(rows, -1, h, dk)
         out = nn.DenseGeneral(
             d, axis=(-2, -1), use_bias=False, dtype=cfg.dtype, param_dtype=jnp.float32, name="out",
             kernel_init=nn.with_logical_partitioning(nn.initializers.normal((h * dk) ** -0.5),
@@ -432,9 +460,9 @@ def shift_right(targets: Array, decoder_start_token_id: int = 0) -> Array:
 
 
 def init_cache(model: T5, params: Any, batch_size: int, max_decode_length: int, encoded_length: int) -> Any:
-    """A zeroed KV cache for `decode_step`: cached_key/cached_value [B, max_len, H, d_kv] and a
-    scalar cache_index per decoder layer. Shapes only (eval_shape): nothing runs; `params` is
-    accepted for API symmetry and not needed."""
+    """A zeroed KV cache for `decode_step`: cached_key [B, H, d_kv, max_len], cached_value
+    [B, H, max_len, d_kv] (`KV_LAYOUTS`) and a scalar cache_index per decoder layer. Shapes only
+    (eval_shape): nothing runs; `params` is accepted for API symmetry and not needed."""
     del params
     cfg = model.config
 
@@ -451,10 +479,11 @@ def init_cache(model: T5, params: Any, batch_size: int, max_decode_length: int, 
 
 
 def cross_attention_kv(model: T5, params: Any, encoded: Array) -> dict:
-    """Every decoder layer's cross-attention keys and values [B, L, H, d_kv] for encoder states
-    `encoded` [B, L, D]: {"layers_i": (key, value)}. They depend only on the encoder output, so
-    decoding computes them once (`decode_step(..., cross_kv=...)`) instead of at every step.
-    The same projections (DenseGeneral, compute dtype) as `Attention`."""
+    """Every decoder layer's cross-attention keys [B, H, d_kv, L] and values [B, H, L, d_kv]
+    (`KV_LAYOUTS`) for encoder states `encoded` [B, L, D]: {"layers_i": (key, value)}. They
+    depend only on the encoder output, so decoding computes them once
+    (`decode_step(..., cross_kv=...)`) instead of at every step, already in the layouts the
+    step's dots read. The same projections (DenseGeneral, compute dtype) as `Attention`."""
     cfg = model.config
     proj = nn.DenseGeneral((cfg.num_heads, cfg.d_kv), axis=-1, use_bias=False, dtype=cfg.dtype,
                            param_dtype=jnp.float32)
@@ -462,7 +491,7 @@ def cross_attention_kv(model: T5, params: Any, encoded: Array) -> dict:
     out = {}
     for i in range(cfg.num_decoder_layers):
         p = params["decoder"][f"layers_{i}"]["encoder_decoder_attention"]
-        out[f"layers_{i}"] = tuple(proj.apply({"params": p[n]}, x) for n in ("key", "value"))
+        out[f"layers_{i}"] = to_kv_layouts(*(proj.apply({"params": p[n]}, x) for n in ("key", "value")))
     return out
 
 
@@ -471,7 +500,9 @@ def decode_step(model: T5, params: Any, cache: Any, encoded: Array, encoder_mask
     """One cached decoder step: tokens [B, 1] (the previous output, or the start token) ->
     (float32 logits [B, V] for the next token, updated cache). Pass `cross_kv`
     (`cross_attention_kv(model, params, encoded)`, computed once per batch) to skip
-    re-projecting the encoder states at every step; the logits are the same."""
+    re-projecting the encoder states at every step; the logits are the same. With `cross_kv`,
+    `encoded` / `encoder_mask` / `cross_kv` may have one row per example while tokens and cache
+    have beam_size rows per example (beam-major): the beams share their example's keys/values."""
     logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, tokens,
                                     decode=True, cross_kv=cross_kv, method=T5.decode, mutable=["cache"])
     return logits[:, -1], variables["cache"]
