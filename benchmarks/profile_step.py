@@ -255,9 +255,10 @@ def main():
 
         # ------------------------------------------------------------ traces
         greedy = DecodeConfig(method="greedy", max_len=max_len)
-        compiled_greedy = SLMTaskModel.predict_batch.lower(model, params, dec_feats, greedy).compile()
+        enc, enc_mask = model.encode_batch(params, dec_feats)
+        compiled_greedy = SLMTaskModel.decode_encoded.lower(model, params, enc, enc_mask, greedy).compile()
         for what, fn, text in (("train", step, compiled_step.as_text()),
-                               ("decode", lambda: jax.block_until_ready(compiled_greedy(params, dec_feats)),
+                               ("decode", lambda: jax.block_until_ready(compiled_greedy(params, enc, enc_mask)),
                                 compiled_greedy.as_text())):
             logdir = os.path.join(args.logdir, f"{name}_{what}")
             fn()

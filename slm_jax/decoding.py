@@ -1,7 +1,8 @@
 """Batched autoregressive decoding with a KV cache: greedy, temperature sampling, beam search.
 
 All three take a `step_fn(tokens [N, 1], cache) -> (logits [N, V], cache)` that runs one cached
-decoder step, so they work for any encoder-decoder (T5 alone or SLM). Loops are
+decoder step (beam search also passes the beams' slot table, see `beam_search`), so they work for
+any encoder-decoder (T5 alone or SLM). Loops are
 `jax.lax.while_loop`s (jit-friendly) that stop early once every sequence has emitted EOS.
 Outputs are [B, max_len] token arrays holding EOS where it was produced and 0 (pad) after it.
 """
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 StepFn = Callable[[Array, object], tuple[Array, object]]
+BeamStepFn = Callable[[Array, object, Array], tuple[Array, object]]   # (tokens, cache, slots)
 NEG_INF = -1.0e7
 
 
@@ -69,35 +71,31 @@ def _length_penalty(length: Array, alpha: float) -> Array:
     return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
-def expand_for_beams(tree, beam_size: int):
-    """Repeat every batch-leading array of a cache/encoder pytree beam_size times (axis 0)."""
-    return jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0) if x.ndim else x, tree)
-
-
-def beam_search(step_fn: StepFn, cache, batch_size: int, beam_size: int, max_len: int, eos_id: int = 1,
+def beam_search(step_fn: BeamStepFn, cache, batch_size: int, beam_size: int, max_len: int, eos_id: int = 1,
                 start_id: int = 0, alpha: float = 0.6) -> tuple[Array, Array]:
-    """Beam search. `cache` must already be expanded to batch_size * beam_size rows
-    (`expand_for_beams`), beam-major within each example. Returns the best sequence per
-    example [B, max_len] and its length-penalised score [B]. Sequences that reach max_len
-    without EOS compete as finished hypotheses at the end. Only EOS candidates ranked in the
-    top `beam_size` finish a hypothesis, so beam_size=1 with alpha=0 reproduces greedy."""
+    """Beam search. `step_fn(tokens [B*K, 1], cache, slots [B, K, max_len])` runs one step for
+    the B*K hypotheses (beam-major within each example); the cache is never reordered: each beam
+    slot k writes its step-t state at (t, k), and slots[b, j, t] names the slot that holds
+    hypothesis j's step-t state (its ancestor's; slot j itself at the current step), so a step
+    attends to its own history only (`t5.decode_step(..., beam_slots=...)`). Returns the best
+    sequence per example [B, max_len] and its length-penalised score [B]. Sequences that reach
+    max_len without EOS compete as finished hypotheses at the end. Only EOS candidates ranked in
+    the top `beam_size` finish a hypothesis, so beam_size=1 with alpha=0 reproduces greedy."""
     b, k = batch_size, beam_size
-
-    def gather(tree, idx):  # idx [B, K] beam indices -> reorder rows of [B*K, ...] leaves
-        flat = (jnp.arange(b)[:, None] * k + idx).reshape(-1)
-        return jax.tree_util.tree_map(lambda x: x[flat] if x.ndim else x, tree)
+    own_slot = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
 
     def cond(c):
-        i, _, alive_logp, _, fin_score, fin_any, _ = c
+        i, _, alive_logp, _, fin_score, fin_any, _, _ = c
         best_alive = jnp.max(alive_logp, axis=1) / _length_penalty(jnp.array(max_len), alpha)
         worst_fin = jnp.min(jnp.where(fin_any, fin_score, -NEG_INF), axis=1)
         done = jnp.all(fin_any, axis=1) & (best_alive <= worst_fin)
         return (i < max_len) & ~jnp.all(done)
 
     def body(c):
-        i, alive_seq, alive_logp, fin_seq, fin_score, fin_any, cache = c
+        i, alive_seq, alive_logp, fin_seq, fin_score, fin_any, slots, cache = c
         last = jnp.where(i == 0, start_id, alive_seq[:, :, jnp.maximum(i - 1, 0)]).reshape(-1)
-        logits, cache = step_fn(last[:, None], cache)
+        slots = jax.lax.dynamic_update_slice(slots, own_slot[..., None], (0, 0, i))
+        logits, cache = step_fn(last[:, None], cache, slots)
         v = logits.shape[-1]
         logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, v)
         cand = (alive_logp[..., None] + logp).reshape(b, k * v)
@@ -121,12 +119,13 @@ def beam_search(step_fn: StepFn, cache, batch_size: int, beam_size: int, max_len
         alive_cand = jnp.where(is_eos, NEG_INF, top_logp)
         alive_logp, sel = jax.lax.top_k(alive_cand, k)
         alive_seq = jnp.take_along_axis(seqs, sel[..., None], axis=1)
-        cache = gather(cache, jnp.take_along_axis(beam_idx, sel, axis=1))
-        return i + 1, alive_seq, alive_logp, fin_seq, fin_score, fin_any, cache
+        # each new hypothesis inherits its parent's slot history (the cache itself stays put)
+        slots = jnp.take_along_axis(slots, jnp.take_along_axis(beam_idx, sel, axis=1)[..., None], axis=1)
+        return i + 1, alive_seq, alive_logp, fin_seq, fin_score, fin_any, slots, cache
 
     alive_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
     init = (jnp.array(0), jnp.zeros((b, k, max_len), jnp.int32), alive_logp,
             jnp.zeros((b, k, max_len), jnp.int32), jnp.full((b, k), NEG_INF, jnp.float32),
-            jnp.zeros((b, k), bool), cache)
-    _, alive_seq, alive_logp, fin_seq, fin_score, fin_any, _ = jax.lax.while_loop(cond, body, init)
+            jnp.zeros((b, k), bool), jnp.zeros((b, k, max_len), jnp.int32), cache)
+    _, alive_seq, alive_logp, fin_seq, fin_score, fin_any, _, _ = jax.lax.while_loop(cond, body, init)
     return fin_seq[:, 0], fin_score[:, 0]

@@ -38,6 +38,34 @@ class DecodeConfig:
     top_k: int = 0
 
 
+# XLA compiler options of the decoding loop's program, per backend. On CPU, XLA's YNNPACK
+# library fusions slow the loop's matmuls of a few rows per step (small config of
+# benchmarks/decode.py, decoder only: greedy 250 -> 185 ms, beam-4 660 -> 540 ms with them off),
+# while the encoders (and the train step) run faster with them, so only this program turns them off.
+DECODE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
+
+def jit_per_backend(options: Mapping[str, Mapping[str, Any]], **jit_kwargs):
+    """Decorator: `jax.jit(fun, **jit_kwargs)` compiled with the XLA options `options[backend]`
+    of the default backend, which is read at the first call (not at import). The wrapper has
+    `.lower` as a jitted function does."""
+    def wrap(fun):
+        jitted = {}
+
+        def get():
+            backend = jax.default_backend()
+            if backend not in jitted:
+                jitted[backend] = jax.jit(fun, compiler_options=options.get(backend), **jit_kwargs)
+            return jitted[backend]
+
+        @functools.wraps(fun)
+        def call(*args, **kwargs):
+            return get()(*args, **kwargs)
+        call.lower = lambda *args, **kwargs: get().lower(*args, **kwargs)
+        return call
+    return wrap
+
+
 class EncDecTaskModel:
     """Shared loss and decoding; subclasses define `module`, `llm_config`, `init_boxed`,
     `logits`, `encode` and `llm_params`."""
@@ -63,38 +91,44 @@ class EncDecTaskModel:
         return cross_entropy_sums(logits, batch["decoder_target_tokens"], weights,
                                   label_smoothing=self.label_smoothing, z_loss=self.z_loss)
 
-    @functools.partial(jax.jit, static_argnums=(0, 3))
     def predict_batch(self, params, batch: Batch, decode_cfg: DecodeConfig = DecodeConfig(),
                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """Decoded target tokens [B, max_len] (EOS then 0s) and their scores [B]."""
-        encoded, mask = self.encode(params, batch)
-        return self._decode(params, encoded, mask, decode_cfg, rng)
+        """Decoded target tokens [B, max_len] (EOS then 0s) and their scores [B]: `encode_batch`,
+        then `decode_encoded` (two programs, each compiled with its own XLA options)."""
+        encoded, mask = self.encode_batch(params, batch)
+        return self.decode_encoded(params, encoded, mask, decode_cfg, rng)
 
-    @functools.partial(jax.jit, static_argnums=(0, 4))
+    @functools.partial(jax.jit, static_argnums=0)
+    def encode_batch(self, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """`encode` jitted: the LLM encoder states [B, L, D] and mask [B, L] decoding starts from."""
+        return self.encode(params, batch)
+
+    @jit_per_backend(DECODE_COMPILER_OPTIONS, static_argnums=(0, 4))
     def decode_encoded(self, params, encoded: jax.Array, mask: jax.Array,
                        decode_cfg: DecodeConfig = DecodeConfig(),
                        rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """`predict_batch` from LLM encoder states [B, L, D] and their mask [B, L] (the output of
-        `encode`): the decoding loop alone, e.g. to decode several ways from one encoding."""
-        return self._decode(params, encoded, mask, decode_cfg, rng)
-
-    def _decode(self, params, encoded, mask, decode_cfg: DecodeConfig, rng):
+        """The decoding loop from LLM encoder states [B, L, D] and their mask [B, L] (the output
+        of `encode`), e.g. to decode several ways from one encoding."""
         bsz = encoded.shape[0]
         llm_params = self.llm_params(params)
         eos, start = self.llm_config.eos_id, self.llm_config.decoder_start_token_id
-        k = decode_cfg.beam_size if decode_cfg.method == "beam" else 1
         # cross-attention keys/values: projected once here, not at every step, and shared by the
         # beams of each example (not repeated per beam)
         cross_kv = t5_lib.cross_attention_kv(self.llm, llm_params, encoded)
-        cache = t5_lib.init_cache(self.llm, llm_params, bsz * k, decode_cfg.max_len, encoded.shape[1])
+        if decode_cfg.method == "beam":
+            k = decode_cfg.beam_size
+            cache = t5_lib.init_cache(self.llm, llm_params, bsz, decode_cfg.max_len, encoded.shape[1], beams=k)
+
+            def beam_step(tokens, cache, slots):
+                return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv, slots)
+            return decoding.beam_search(beam_step, cache, bsz, k, decode_cfg.max_len, eos, start, decode_cfg.alpha)
+        cache = t5_lib.init_cache(self.llm, llm_params, bsz, decode_cfg.max_len, encoded.shape[1])
 
         def step_fn(tokens, cache):
             return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv)
 
         if decode_cfg.method == "greedy":
             return decoding.greedy(step_fn, cache, bsz, decode_cfg.max_len, eos, start)
-        if decode_cfg.method == "beam":
-            return decoding.beam_search(step_fn, cache, bsz, k, decode_cfg.max_len, eos, start, decode_cfg.alpha)
         if decode_cfg.method == "sample":
             rng = jax.random.PRNGKey(0) if rng is None else rng
             return decoding.sample(step_fn, cache, rng, bsz, decode_cfg.max_len, decode_cfg.temperature,

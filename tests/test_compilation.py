@@ -87,21 +87,25 @@ def test_predict_batch_compiles_once_per_bucket_and_config(setup):
         return np.asarray(tokens)
 
     greedy = DecodeConfig(method="greedy", max_len=8)
+    # predict_batch runs two programs: encode_batch (per bucket) and decode_encoded (per bucket
+    # and decoding config)
     with count_compilations() as cc:
+        programs = lambda: (cc.count("encode_batch"), cc.count("decode_encoded"))  # noqa: E731
         predict(64, 0, greedy)
         predict(64, 1, greedy)
         predict(64, 2, DecodeConfig(method="greedy", max_len=8))    # equal config, rebuilt: hashed equal
-        assert cc.count("predict_batch") == 1, cc.summary()
+        assert programs() == (1, 1), cc.summary()
         predict(96, 3, greedy)
-        assert cc.count("predict_batch") == 2, cc.summary()
+        assert programs() == (2, 2), cc.summary()
         predict(64, 4, greedy)
         predict(96, 5, dataclasses.replace(greedy))
-        assert cc.count("predict_batch") == 2, cc.summary()
-        # another decoding config is another program (static argument), once
+        assert programs() == (2, 2), cc.summary()
+        # another decoding config is another decoding program (static argument), once
         beam = DecodeConfig(method="beam", max_len=8, beam_size=2)
         predict(64, 6, beam)
         predict(64, 7, beam)
-    assert cc.count("predict_batch") == 3 and cc.trace_count("predict_batch") == 3, cc.summary()
+    assert programs() == (2, 3), cc.summary()
+    assert (cc.trace_count("encode_batch"), cc.trace_count("decode_encoded")) == (2, 3), cc.summary()
 
 
 def test_counter_sees_recompilation():

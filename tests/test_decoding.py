@@ -14,7 +14,7 @@ V, EOS = 5, 1
 
 def markov_step(table):
     """step_fn whose next-token logits depend only on the last token; the cache counts steps."""
-    def step_fn(tokens, cache):
+    def step_fn(tokens, cache, slots=None):   # beam search also passes its slot table
         return table[tokens[:, 0]], cache + 1
     return step_fn
 
@@ -73,11 +73,63 @@ def test_wide_beam_finds_exhaustive_optimum(seed, alpha):
     best, best_score = exhaustive_best(table, max_len, alpha)
     # a beam as wide as the number of candidates at the last step is exact
     k = (V - 2) ** (max_len - 1) * (V - 1)
-    cache = decoding.expand_for_beams(jnp.zeros((1,)), k)
+    cache = jnp.zeros((k,))
     tokens, score = decoding.beam_search(markov_step(table), cache, 1, k, max_len, EOS, alpha=alpha)
     got = [t for t in np.asarray(tokens)[0].tolist()]
     got = got[:len(best)]
     assert got == best
+    np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-5)
+
+
+def second_order_step(table2, batch, beams):
+    """Beam step_fn whose logits depend on the last TWO tokens [prev, last]. The token before the
+    last is read back from a cache that beam search never reorders, through its slot table
+    (as the T5 self-attention reads its keys): a wrong slot gives a wrong context."""
+    def step_fn(tokens, cache, slots):
+        hist, i = cache                                   # hist [B*K, max_len]: each slot's inputs
+        hist = hist.at[:, i].set(tokens[:, 0])
+        before = jnp.maximum(i - 1, 0)
+        rows = (jnp.arange(batch)[:, None] * beams + slots[:, :, before]).reshape(-1)
+        prev = jnp.where(i == 0, 0, hist[rows, before])
+        return table2[prev, tokens[:, 0]], (hist, i + 1)
+    return step_fn
+
+
+def second_order_logp(table2, seq):
+    logp = np.asarray(jax.nn.log_softmax(table2, -1))
+    prev, last, total = 0, 0, 0.0
+    for t in seq:
+        total += logp[prev, last, t]
+        prev, last = last, t
+    return total
+
+
+@pytest.mark.parametrize("seed", [19, 24])
+def test_beam_slots_follow_each_hypothesis_history(seed):
+    """A model with two tokens of context: the wide beam still finds the exhaustive optimum, so
+    every hypothesis read its own ancestors' cache slots. The seeds are ones whose optimum does
+    not start with the most likely first token, so it descends from a hypothesis outside slot 0."""
+    max_len, alpha = 4, 0.6
+    k = (V - 2) ** (max_len - 1) * (V - 1)
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(V, V, V)) * 2.0
+    table[..., 0] = -1e9
+    table[..., EOS] -= 4.0     # long sequences win, so the optimum depends on deep contexts
+    table2 = jnp.asarray(table, jnp.float32)
+    best, best_score = None, -np.inf
+    for length in range(1, max_len + 1):
+        for body in itertools.product([t for t in range(1, V) if t != EOS], repeat=length - 1):
+            for last in range(1, V):
+                seq = list(body) + [last]
+                if last != EOS and length != max_len:
+                    continue
+                score = second_order_logp(table2, seq) / ((5 + length) / 6) ** alpha
+                if score > best_score:
+                    best, best_score = seq, score
+    assert len(best) >= 3 and best[0] != int(np.argmax(table[0, 0])), best
+    cache = (jnp.zeros((k, max_len), jnp.int32), jnp.array(0))
+    tokens, score = decoding.beam_search(second_order_step(table2, 1, k), cache, 1, k, max_len, EOS, alpha=alpha)
+    assert np.asarray(tokens)[0].tolist()[:len(best)] == best
     np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-5)
 
 

@@ -21,6 +21,11 @@ Cross-attention keys/values depend only on `encoded`: `cross_attention_kv` proje
 per batch and `decode_step(..., cross_kv=...)` reuses them (without it they are projected from
 `encoded` at every step, as in t5x).
 
+Beam search never reorders the cache (t5x gathers every layer's whole cache at every step). With
+`beam_slots` [B, K, max_len] the cache holds one row per example (`init_cache(..., beams=K)`):
+beam slot s writes position t at cache index t * K + s, and hypothesis j attends to position t
+in slot beam_slots[b, j, t] (its ancestor's), so only that small table follows the beams.
+
 Parameters are float32; `T5Config.dtype` is the compute dtype; logits are returned in float32.
 """
 
@@ -190,14 +195,17 @@ class Attention(nn.Module):
     KV cache and builds its own mask; if given `relpos` it also computes the position bias
     (first layer) and returns it so the stack can share it with later layers. `kv`: keys and
     values already projected from inputs_kv, in `KV_LAYOUTS` (cross-attention while decoding);
-    they may hold one row per example for several query rows each (beams: see `decode_step`)."""
+    they may hold one row per example for several query rows each (beams: see `decode_step`).
+    `beam_slots` [B, K, max_len] (decode steps of beam search): the cache has one row per
+    example holding all K beam slots (see the module docstring)."""
     config: T5Config
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None, bias: Array | None,
                  decode: bool = False, decode_step: bool = False,
                  relpos: RelativePositionBias | None = None,
-                 kv: tuple[Array, Array] | None = None) -> tuple[Array, Array | None]:
+                 kv: tuple[Array, Array] | None = None,
+                 beam_slots: Array | None = None) -> tuple[Array, Array | None]:
         cfg = self.config
         h, dk, d = cfg.num_heads, cfg.d_kv, cfg.d_model
 
@@ -224,27 +232,39 @@ class Attention(nn.Module):
             if decode_step:
                 if inputs_q.shape[1] != 1:
                     raise ValueError(f"decode=True runs one position at a time; got length {inputs_q.shape[1]}")
-                max_len = cached_value.value.shape[2]
                 idx = cache_index.value
                 new_k, new_v = to_kv_layouts(k, v)
+                if beam_slots is None:
+                    offset, key_positions = idx, jnp.arange(cached_value.value.shape[2])
+                    mask = (key_positions <= idx)[None, None, None, :]
+                else:
+                    # the K beam slots of an example write position idx side by side (cache index
+                    # idx * K + slot); each hypothesis sees its own ancestors' slots only
+                    bsz, beams, max_len = beam_slots.shape
+                    new_k = new_k.reshape(bsz, beams, h, dk).transpose(0, 2, 3, 1)   # [B, H, d_kv, K]
+                    new_v = new_v.reshape(bsz, beams, h, dk).transpose(0, 2, 1, 3)   # [B, H, K, d_kv]
+                    offset, key_positions = idx * beams, jnp.repeat(jnp.arange(max_len), beams)
+                    visible = ((beam_slots[..., None] == jnp.arange(beams))
+                               & (jnp.arange(max_len) <= idx)[:, None])              # [B, K, max_len, K]
+                    mask = visible.reshape(bsz, 1, beams, max_len * beams)
                 k = jax.lax.dynamic_update_slice(cached_key.value, new_k.astype(cached_key.value.dtype),
-                                                 (0, 0, 0, idx))
+                                                 (0, 0, 0, offset))
                 v = jax.lax.dynamic_update_slice(cached_value.value, new_v.astype(cached_value.value.dtype),
-                                                 (0, 0, idx, 0))
+                                                 (0, 0, offset, 0))
                 cached_key.value, cached_value.value, cache_index.value = k, v, idx + 1
                 in_kv_layouts = True
-                mask = (jnp.arange(max_len) <= idx)[None, None, None, :]
                 if bias is None and relpos is not None:
-                    bias = relpos(idx[None], jnp.arange(max_len))   # [1, H, 1, max_len]
+                    bias = relpos(idx[None], key_positions)   # [1, H, 1, cache length]
 
         layouts = dict(zip(("k_layout", "v_layout"), KV_LAYOUTS)) if in_kv_layouts else {}
         rows, kv_rows = q.shape[0], k.shape[0]
         if rows != kv_rows:
             # beam search: the rows of one example (beam-major) share its keys / values, so its
             # beams attend as extra query positions instead of repeating the keys per beam
-            if kv is None or rows % kv_rows:
+            if (kv is None and beam_slots is None) or rows % kv_rows:
                 raise ValueError(f"{rows} query rows for {kv_rows} key/value rows: only precomputed "
-                                 "cross-attention keys/values may be shared, by a whole number of rows each")
+                                 "cross-attention keys/values or a beam-slot cache may be shared, "
+                                 "by a whole number of rows each")
             q = q.reshape(kv_rows, -1, h, dk)
         out = dot_product_attention(q, k, v, bias=bias, mask=mask, dtype=cfg.dtype, **layouts)
         out = out.reshape(rows, -1, h, dk)
@@ -310,12 +330,14 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array | None, self_bias: Array | None,
                  cross_mask: Array, deterministic: bool = True, decode: bool = False,
-                 decode_step: bool = False, cross_kv: tuple[Array, Array] | None = None) -> tuple[Array, Array]:
+                 decode_step: bool = False, cross_kv: tuple[Array, Array] | None = None,
+                 beam_slots: Array | None = None) -> tuple[Array, Array]:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "pre_self_attention_layer_norm")(x)
         h, self_bias = Attention(cfg, name="self_attention")(
-            h, h, self_mask, self_bias, decode=decode, decode_step=decode_step, relpos=self.relpos)
+            h, h, self_mask, self_bias, decode=decode, decode_step=decode_step, relpos=self.relpos,
+            beam_slots=beam_slots)
         x = x + drop(h, deterministic=deterministic)
         h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
         h, _ = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_mask, None, kv=cross_kv)
@@ -365,7 +387,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, y: Array, encoded: Array, encoder_mask: Array, decoder_mask: Array | None = None,
-                 deterministic: bool = True, decode: bool = False, cross_kv: Mapping | None = None) -> Array:
+                 deterministic: bool = True, decode: bool = False, cross_kv: Mapping | None = None,
+                 beam_slots: Array | None = None) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         y = drop(_constrain(y.astype(cfg.dtype)), deterministic=deterministic)
@@ -385,7 +408,7 @@ class Decoder(nn.Module):
         for i in range(cfg.num_decoder_layers):
             y, bias = DecoderLayer(cfg, relpos=relpos if (decode_step and i == 0) else None, name=f"layers_{i}")(
                 y, encoded, self_mask, bias, cross_mask, deterministic, decode, decode_step,
-                None if cross_kv is None else cross_kv[f"layers_{i}"])
+                None if cross_kv is None else cross_kv[f"layers_{i}"], beam_slots if decode_step else None)
         y = _norm(cfg, "decoder_norm")(y)
         return drop(y, deterministic=deterministic)
 
@@ -424,7 +447,7 @@ class T5(nn.Module):
 
     def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
                decoder_mask: Array | None = None, deterministic: bool = True, decode: bool = False,
-               cross_kv: Mapping | None = None) -> Array:
+               cross_kv: Mapping | None = None, beam_slots: Array | None = None) -> Array:
         """Float32 logits [B, T, V] for shifted-right decoder inputs [B, T].
 
         decoder_mask (optional, [B, T]) masks padded keys on top of the causal mask; with right
@@ -432,10 +455,11 @@ class T5(nn.Module):
         segment ids (`segment_mask`), so each target attends to its own example's inputs only.
         decode=True: one cached step (decoder_input_tokens [B, 1]); apply with mutable=["cache"] (see `decode_step`).
         cross_kv: the cross-attention keys/values of `cross_attention_kv(encoded)`, so they are
-        not projected again (decoding projects them once, not at every step)."""
+        not projected again (decoding projects them once, not at every step).
+        beam_slots: beam search's slot table for a cache of one row per example (`decode_step`)."""
         cfg = self.config
         y = self.decoder(self.embed(decoder_input_tokens), encoded, encoder_mask, decoder_mask,
-                         deterministic=deterministic, decode=decode, cross_kv=cross_kv)
+                         deterministic=deterministic, decode=decode, cross_kv=cross_kv, beam_slots=beam_slots)
         if cfg.scales_decoder_outputs:
             y = y * jnp.asarray(cfg.d_model ** -0.5, y.dtype)
         if cfg.tie_word_embeddings:
@@ -459,12 +483,15 @@ def shift_right(targets: Array, decoder_start_token_id: int = 0) -> Array:
     return jnp.concatenate([start, targets[:, :-1]], axis=1)
 
 
-def init_cache(model: T5, params: Any, batch_size: int, max_decode_length: int, encoded_length: int) -> Any:
+def init_cache(model: T5, params: Any, batch_size: int, max_decode_length: int, encoded_length: int,
+               beams: int = 1) -> Any:
     """A zeroed KV cache for `decode_step`: cached_key [B, H, d_kv, max_len], cached_value
     [B, H, max_len, d_kv] (`KV_LAYOUTS`) and a scalar cache_index per decoder layer. Shapes only
-    (eval_shape): nothing runs; `params` is accepted for API symmetry and not needed."""
+    (eval_shape): nothing runs; `params` is accepted for API symmetry and not needed.
+    beams > 1: beam search's cache, B rows of max_len * beams slots (see the module docstring)."""
     del params
     cfg = model.config
+    max_decode_length *= beams
 
     def build():
         return model.init(
@@ -496,13 +523,17 @@ def cross_attention_kv(model: T5, params: Any, encoded: Array) -> dict:
 
 
 def decode_step(model: T5, params: Any, cache: Any, encoded: Array, encoder_mask: Array,
-                tokens: Array, cross_kv: Mapping | None = None) -> tuple[Array, Any]:
+                tokens: Array, cross_kv: Mapping | None = None,
+                beam_slots: Array | None = None) -> tuple[Array, Any]:
     """One cached decoder step: tokens [B, 1] (the previous output, or the start token) ->
     (float32 logits [B, V] for the next token, updated cache). Pass `cross_kv`
     (`cross_attention_kv(model, params, encoded)`, computed once per batch) to skip
     re-projecting the encoder states at every step; the logits are the same. With `cross_kv`,
     `encoded` / `encoder_mask` / `cross_kv` may have one row per example while tokens and cache
-    have beam_size rows per example (beam-major): the beams share their example's keys/values."""
+    have beam_size rows per example (beam-major): the beams share their example's keys/values.
+    `beam_slots` [B, K, max_len] (beam search; cache from `init_cache(..., beams=K)`): the cache
+    slot holding each hypothesis's key/value at each position, the current one included."""
     logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_mask, tokens,
-                                    decode=True, cross_kv=cross_kv, method=T5.decode, mutable=["cache"])
+                                    decode=True, cross_kv=cross_kv, beam_slots=beam_slots,
+                                    method=T5.decode, mutable=["cache"])
     return logits[:, -1], variables["cache"]
