@@ -36,8 +36,9 @@ def seq_logp(table, seq):
     return total
 
 
-def exhaustive_best(table, max_len, alpha):
-    """Best EOS-terminated (or max_len) sequence under the GNMT length penalty."""
+def exhaustive_best(table, max_len, alpha, logp_fn=seq_logp):
+    """Best EOS-terminated (or max_len) sequence under the GNMT length penalty; `logp_fn(table,
+    seq)` scores a sequence."""
     best, best_score = None, -np.inf
     for length in range(1, max_len + 1):
         for body in itertools.product([t for t in range(1, V) if t != EOS], repeat=length - 1):
@@ -45,7 +46,7 @@ def exhaustive_best(table, max_len, alpha):
                 seq = list(body) + [last]
                 if last != EOS and length != max_len:
                     continue
-                score = seq_logp(table, seq) / ((5 + length) / 6) ** alpha
+                score = logp_fn(table, seq) / ((5 + length) / 6) ** alpha
                 if score > best_score:
                     best, best_score = seq, score
     return best, best_score
@@ -116,16 +117,7 @@ def test_beam_slots_follow_each_hypothesis_history(seed):
     table[..., 0] = -1e9
     table[..., EOS] -= 4.0     # long sequences win, so the optimum depends on deep contexts
     table2 = jnp.asarray(table, jnp.float32)
-    best, best_score = None, -np.inf
-    for length in range(1, max_len + 1):
-        for body in itertools.product([t for t in range(1, V) if t != EOS], repeat=length - 1):
-            for last in range(1, V):
-                seq = list(body) + [last]
-                if last != EOS and length != max_len:
-                    continue
-                score = second_order_logp(table2, seq) / ((5 + length) / 6) ** alpha
-                if score > best_score:
-                    best, best_score = seq, score
+    best, best_score = exhaustive_best(table2, max_len, alpha, second_order_logp)
     assert len(best) >= 3 and best[0] != int(np.argmax(table[0, 0])), best
     cache = (jnp.zeros((k, max_len), jnp.int32), jnp.array(0))
     tokens, score = decoding.beam_search(second_order_step(table2, 1, k), cache, 1, k, max_len, EOS, alpha=alpha)
