@@ -115,20 +115,16 @@ class EncDecTaskModel:
         # cross-attention keys/values: projected once here, not at every step, and shared by the
         # beams of each example (not repeated per beam)
         cross_kv = t5_lib.cross_attention_kv(self.llm, llm_params, encoded)
-        if decode_cfg.method == "beam":
-            k = decode_cfg.beam_size
-            cache = t5_lib.init_cache(self.llm, llm_params, bsz, decode_cfg.max_len, encoded.shape[1], beams=k)
+        k = decode_cfg.beam_size if decode_cfg.method == "beam" else 1
+        cache = t5_lib.init_cache(self.llm, llm_params, bsz, decode_cfg.max_len, encoded.shape[1], beams=k)
 
-            def beam_step(tokens, cache, slots):
-                return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv, slots)
-            return decoding.beam_search(beam_step, cache, bsz, k, decode_cfg.max_len, eos, start, decode_cfg.alpha)
-        cache = t5_lib.init_cache(self.llm, llm_params, bsz, decode_cfg.max_len, encoded.shape[1])
-
-        def step_fn(tokens, cache):
-            return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv)
+        def step_fn(tokens, cache, beam_slots=None):   # beam search passes its slot table
+            return t5_lib.decode_step(self.llm, llm_params, cache, encoded, mask, tokens, cross_kv, beam_slots)
 
         if decode_cfg.method == "greedy":
             return decoding.greedy(step_fn, cache, bsz, decode_cfg.max_len, eos, start)
+        if decode_cfg.method == "beam":
+            return decoding.beam_search(step_fn, cache, bsz, k, decode_cfg.max_len, eos, start, decode_cfg.alpha)
         if decode_cfg.method == "sample":
             rng = jax.random.PRNGKey(0) if rng is None else rng
             return decoding.sample(step_fn, cache, rng, bsz, decode_cfg.max_len, decode_cfg.temperature,
