@@ -98,7 +98,8 @@ transformers.utils.logging.disable_progress_bar()
 from slm_jax.checkpoints.hf_t5 import load_hf_t5  # noqa: E402
 from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert  # noqa: E402
 from slm_jax.models.adapter import AdapterConfig  # noqa: E402
-from slm_jax.models.slm import SLMConfig  # noqa: E402
+from slm_jax.models.adapter import prepare_input  # noqa: E402
+from slm_jax.models.slm import SLM, SLMConfig  # noqa: E402
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh  # noqa: E402
 from slm_jax.task_model import SLMTaskModel  # noqa: E402
 from slm_jax.trainer import Trainer, make_optimizer  # noqa: E402
@@ -429,6 +430,24 @@ def ours_train_step(pair: Pair, batch):
         return jax.block_until_ready(metrics["loss"]) if block else metrics["loss"]
 
     return model, step, float(cost["flops"]), compile_s
+
+
+@contextlib.contextmanager
+def whole_speech_encoder():
+    """Within: SLM runs its speech encoder over every frame and subsamples afterwards, instead of
+    asking it for the kept frames only (what the torch reference computes). For FLOP counts:
+    the work the reference does, in XLA's count."""
+    original = SLM._subsampled_speech
+
+    def whole(self, features, feature_mask, deterministic):
+        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic)
+        return prepare_input(hidden, mask, self.config.adapter)
+
+    SLM._subsampled_speech = whole
+    try:
+        yield
+    finally:
+        SLM._subsampled_speech = original
 
 
 def cached_batch(model, params, batch) -> dict:

@@ -1,6 +1,7 @@
 """Conformer encoder: parity with transformers' Wav2Vec2BertModel through our importer, padding
 invariance (w2v-BERT layout and the USM conv2d front end), conv2d output lengths, import errors."""
 
+import dataclasses
 import json
 import shutil
 
@@ -99,6 +100,28 @@ def test_padding_and_neighbours_do_not_change_valid_outputs(hf_dir):
         if b > 0:
             assert np.abs(neigh[b, :n] - base[b, :n]).max() <= INVARIANCE_TOL
     assert np.abs(neigh[0] - base[0]).max() > 1e-2  # the changed sample did change
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_output_stride_is_the_strided_full_output(hf_dir, stride):
+    """output_stride=s (the last block computes only the kept frames) == full output[:, ::s],
+    for T not a multiple of s, padded rows and a zero-layer stack; stride < 1 is refused."""
+    cfg, params = load_hf_w2v_bert(str(hf_dir[0]))
+    x, mask = _padded_batch(LENGTHS, max(LENGTHS) + 3, 16, pad_value=2.0)
+    full, full_mask = map(np.asarray, _apply(cfg, params, x, mask))
+    run = jax.jit(lambda p, x, m: Conformer(cfg).apply({"params": p}, x, m, output_stride=stride))
+    out, out_mask = map(np.asarray, run(params, x, mask))
+    assert out.shape == (len(LENGTHS), -(-x.shape[1] // stride), cfg.hidden_size)
+    np.testing.assert_array_equal(out_mask, full_mask[:, ::stride])
+    assert np.abs(out - full[:, ::stride]).max() <= INVARIANCE_TOL
+    assert np.all(out[~out_mask] == 0.0)
+    cfg0 = dataclasses.replace(cfg, num_layers=0)
+    p0 = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    zero = jax.jit(lambda p, x, m: Conformer(cfg0).apply({"params": p}, x, m, output_stride=stride))(p0, x, mask)
+    zfull = np.asarray(_apply(cfg0, p0, x, mask)[0])
+    assert np.abs(np.asarray(zero[0]) - zfull[:, ::stride]).max() == 0.0
+    with pytest.raises(ValueError, match="output_stride"):
+        Conformer(cfg).apply({"params": params}, x, mask, output_stride=0)
 
 
 # ----------------------------------------------------------------------------- USM conv2d front end

@@ -90,6 +90,42 @@ def test_gradients_reach_adapter_and_speech_encoder():
     assert norm(grads["speech_encoder"]) > 0
 
 
+@pytest.mark.parametrize("stride,mode", [(2, "stride"), (3, "stride"), (3, "mean")])
+def test_embed_speech_equals_whole_encoder_output_then_subsampling(stride, mode):
+    """embed_speech asks a "stride" adapter's encoder for the kept frames only (its last layer
+    skips the rest): values and the gradients of adapter and encoder equal running the whole
+    encoder and subsampling its output (float32; tolerance 1e-5 of the largest value, for
+    gradients of the largest gradient entry of that part)."""
+    base = configs.tiny_slm(adapter_layers=1)
+    cfg = dataclasses.replace(base, adapter=dataclasses.replace(base.adapter, stride=stride, subsampling=mode),
+                              speech_encoder=dataclasses.replace(base.speech_encoder, num_layers=2))
+    model = SLM(cfg)
+    rng = np.random.default_rng(4)
+    feats, fmask, toks = _batch(rng, [45, 30, 11], [3, 3, 3], 46, 3)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), feats, fmask, toks, toks)["params"]
+
+    def whole(m, f, fm):
+        hidden, mask = m.speech_encoder(f, fm)
+        return m.adapter(hidden, mask)
+
+    def run(method):
+        def f(p):
+            out, mask = model.apply({"params": p}, feats, fmask, method=method)
+            return (out * jnp.cos(jnp.arange(out.size).reshape(out.shape))).sum(), (out, mask)
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (_, (out, mask)), grads = run(SLM.embed_speech)
+    (_, (ref, ref_mask)), ref_grads = run(whole)
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+    assert out.shape == ref.shape == (3, -(-12 // stride), cfg.llm.d_model)
+    assert np.abs(np.asarray(out - ref)).max() <= 1e-5 * np.abs(np.asarray(ref)).max()
+    for part in ("adapter", "speech_encoder"):
+        got, want = (list(map(np.asarray, jax.tree_util.tree_leaves(t[part]))) for t in (grads, ref_grads))
+        scale = max(np.abs(r).max() for r in want)
+        assert scale > 0
+        assert max(np.abs(g - r).max() for g, r in zip(got, want)) <= 1e-5 * scale
+
+
 def test_whisper_encoder_variant_runs():
     base = configs.tiny_slm()
     enc = WhisperEncoderConfig(num_mel_bins=80, d_model=32, encoder_layers=1, encoder_attention_heads=2,

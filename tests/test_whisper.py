@@ -148,6 +148,22 @@ def test_short_padded_batch_matches_unpadded_and_is_invariant(loaded):
     assert np.abs(out2[1, :want_len[1]] - out[1, :want_len[1]]).max() > 1e-2   # neighbour did change
 
 
+@pytest.mark.parametrize("stride,with_mask", [(2, True), (3, True), (4, False)])
+def test_output_stride_is_the_strided_full_output(loaded, stride, with_mask):
+    """output_stride=s (the last layer's queries and MLP only at kept frames) == output[:, ::s]."""
+    cfg, params = loaded
+    x, mask = _padded_batch((37, 24, 9), 40, seed=5, pad_value=1.5)
+    mask = mask if with_mask else None
+    full, full_mask = map(np.asarray, _apply(cfg, params, x, mask))
+    run = jax.jit(lambda p, x, m: WhisperEncoder(cfg).apply({"params": p}, x, m, output_stride=stride))
+    out, out_mask = map(np.asarray, run(params, x, mask))
+    assert out.shape == (3, -(-20 // stride), cfg.d_model)
+    np.testing.assert_array_equal(out_mask, full_mask[:, ::stride])
+    assert np.abs(out - full[:, ::stride]).max() <= INVARIANCE_TOL
+    with pytest.raises(ValueError, match="output_stride"):
+        WhisperEncoder(cfg).apply({"params": params}, x, mask, output_stride=0)
+
+
 def test_without_mask_padding_is_attended(loaded):
     """Sanity check that the mask matters: mask=None attends over the padding (as HF does)."""
     cfg, params = loaded

@@ -314,8 +314,11 @@ class SelfAttention(nn.Module):
 class ConvolutionModule(nn.Module):
     """LN -> zero padded frames -> pointwise GLU -> causal depthwise conv (left pad K-1) -> LN
     -> swish -> pointwise. The GLU's value and gate halves are separate (embed, mlp) kernels so
-    that a model-parallel split of the channels keeps each channel's pair on one shard."""
+    that a model-parallel split of the channels keeps each channel's pair on one shard.
+    output_stride s > 1: only output frames 0, s, 2s, ... are computed (the conv reads every
+    input frame, so everything before it runs on all frames)."""
     config: ConformerConfig
+    output_stride: int = 1
 
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
@@ -329,15 +332,16 @@ class ConvolutionModule(nn.Module):
         kernel = self.param("depthwise_kernel", nn.with_logical_partitioning(
             nn.initializers.normal(cfg.conv_kernel_size ** -0.5), ("conv_width", "mlp")),
             (cfg.conv_kernel_size, h), jnp.float32)
-        x = causal_depthwise_conv(x, kernel)
+        x = causal_depthwise_conv(x, kernel, self.output_stride)
         x = layers.LayerNorm(cfg.layer_norm_eps, axis_name="mlp", dtype=cfg.dtype, name="depthwise_layer_norm")(x)
         x = nn.silu(x)
         return layers.dense(h, ("mlp", "embed"), dtype=cfg.dtype, name="pointwise_out")(x)
 
 
-def causal_depthwise_conv(x: Array, kernel: Array) -> Array:
+def causal_depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     """Causal depthwise 1-D convolution: x [B, T, C], kernel [K, C] ->
-    y[:, t] = sum_j kernel[j] * x[:, t - (K - 1) + j] (zeros before the start), float32 sums.
+    y[:, t] = sum_j kernel[j] * x[:, t - (K - 1) + j] (zeros before the start), float32 sums,
+    at output frames t = 0, stride, 2 stride, ... ([B, ceil(T / stride), C]).
 
     Written as K shifted multiply-adds, which XLA fuses into one pass over x. This is the same
     math as `lax.conv_general_dilated(..., feature_group_count=C)` with left padding K - 1, which
@@ -345,15 +349,19 @@ def causal_depthwise_conv(x: Array, kernel: Array) -> Array:
     k, t = kernel.shape[0], x.shape[1]
     xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
     w = kernel.astype(jnp.float32)
-    out = xp[:, 0:t].astype(jnp.float32) * w[0]
+    out = xp[:, 0:t:stride].astype(jnp.float32) * w[0]
     for j in range(1, k):
-        out = out + xp[:, j:j + t].astype(jnp.float32) * w[j]
+        out = out + xp[:, j:j + t:stride].astype(jnp.float32) * w[j]
     return out.astype(x.dtype)
 
 
 class ConformerLayer(nn.Module):
-    """One Conformer block (see the module docstring)."""
+    """One Conformer block (see the module docstring). output_stride s > 1: the block's output
+    only at frames 0, s, 2s, ... ([B, ceil(T / s), H]): FFN1 and attention run on every frame
+    (the depthwise conv reads them all), the conv's output side, FFN2 and the final LN only on
+    the kept frames. The same numbers as the full block's output at those frames."""
     config: ConformerConfig
+    output_stride: int = 1
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
@@ -362,19 +370,27 @@ class ConformerLayer(nn.Module):
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         x = x + 0.5 * drop(FeedForward(cfg, name="ffn1")(norm("ffn1_layer_norm")(x), deterministic))
         x = x + drop(SelfAttention(cfg, name="self_attn")(norm("self_attn_layer_norm")(x), mask))
-        x = x + drop(ConvolutionModule(cfg, name="conv_module")(x, mask))
+        x = x[:, ::self.output_stride] + drop(
+            ConvolutionModule(cfg, self.output_stride, name="conv_module")(x, mask))
         x = x + 0.5 * drop(FeedForward(cfg, name="ffn2")(norm("ffn2_layer_norm")(x), deterministic))
         x = norm("final_layer_norm")(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class Conformer(nn.Module):
-    """features [B, T, input_dim], mask [B, T] -> (hidden [B, T', hidden_size], mask [B, T'])."""
+    """features [B, T, input_dim], mask [B, T] -> (hidden [B, T', hidden_size], mask [B, T']).
+
+    output_stride s > 1 returns only output frames 0, s, 2s, ... and their mask, exactly
+    `hidden[:, ::s], mask[:, ::s]`: what a keep-every-s-th-frame adapter reads. The last block
+    then skips the work whose results would be dropped (`ConformerLayer.output_stride`)."""
     config: ConformerConfig
 
     @nn.compact
-    def __call__(self, features: Array, mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+    def __call__(self, features: Array, mask: Array, deterministic: bool = True,
+                 output_stride: int = 1) -> tuple[Array, Array]:
         cfg = self.config
+        if output_stride < 1:
+            raise ValueError(f"Conformer: output_stride must be >= 1, got {output_stride}")
         if features.shape[-1] != cfg.input_dim:
             raise ValueError(f"Conformer: features have {features.shape[-1]} channels, "
                              f"ConformerConfig.input_dim is {cfg.input_dim}")
@@ -385,8 +401,12 @@ class Conformer(nn.Module):
             x, mask = FeatureProjection(cfg, name="feature_projection")(features.astype(cfg.dtype), mask)
         x = nn.Dropout(cfg.dropout_rate)(_zero_padding(x, mask), deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        if not cfg.num_layers:
+            return _zero_padding(x, mask)[:, ::output_stride], mask[:, ::output_stride]
         for i in range(cfg.num_layers):
-            x = ConformerLayer(cfg, name=f"layers_{i}")(x, mask, deterministic)
+            stride = output_stride if i == cfg.num_layers - 1 else 1
+            x = ConformerLayer(cfg, stride, name=f"layers_{i}")(x, mask, deterministic)
+        mask = mask[:, ::output_stride]
         return _zero_padding(x, mask), mask
 
 

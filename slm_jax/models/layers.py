@@ -82,12 +82,20 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, bias: Array | None = 
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:
-        weights = jnp.where(mask, weights, 0.0)
+    # Softmax with the normalisation deferred past the value dot: out = (e @ v) / sum(e), with
+    # e = exp(logits - max). The same numbers as softmax-then-dot, one pass fewer over the
+    # [Lq, Lk] weights (the division runs on [Lq, D]). The max is a constant shift of each row
+    # (softmax does not depend on it), so no gradient flows through it.
+    shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(logits - shift)
+    total = jnp.sum(e, axis=-1, keepdims=True)
     # [B,H,Lq,D] is the dot's natural output (batch dims first); XLA's CPU backend runs a dot
     # that writes [B,Lq,H,D] directly as a slow generic loop, so transpose the result instead
-    out = jnp.einsum(f"bhqk,{v_layout}->bhqd", weights.astype(dtype), v.astype(dtype))
+    out = jnp.einsum(f"bhqk,{v_layout}->bhqd", e.astype(dtype), v.astype(dtype))
+    out = (out.astype(jnp.float32) / total).astype(dtype)
+    if mask is not None:
+        # a row with no valid key has all logits equal (uniform e): it attends to nothing
+        out = jnp.where(jnp.any(mask, axis=-1, keepdims=True), out, jnp.zeros((), dtype))
     return out.transpose(0, 2, 1, 3)
 
 

@@ -83,23 +83,34 @@ class SLM(nn.Module):
         self.adapter = Adapter(cfg.adapter)
         self.llm = T5(cfg.llm)
 
+    def _subsampled_speech(self, features: Array, feature_mask: Array, deterministic: bool):
+        """Speech encoder, then the adapter's parameter-free subsampling (`prepare_input`). With
+        "stride" subsampling the encoder is asked for only the frames the adapter keeps, so its
+        last layer skips the work on the dropped ones (the same numbers)."""
+        cfg = self.config.adapter
+        if cfg.subsampling == "stride":
+            hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic,
+                                               output_stride=cfg.stride)
+            return hidden.astype(cfg.dtype), mask
+        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic)
+        return prepare_input(hidden, mask, cfg)
+
     def speech_encoder_outputs(self, features: Array, feature_mask: Array) -> tuple[Array, Array]:
         """The frozen, parameter-free-subsampled speech path (inference mode): audio features
         [B, T, C] -> [B, T', D_enc] in the adapter's dtype, mask [B, T']. What
         slm_jax.feature_cache stores, and what `embed_speech(..., precomputed=True)` takes."""
-        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=True)
-        return prepare_input(hidden, mask, self.config.adapter)
+        return self._subsampled_speech(features, feature_mask, deterministic=True)
 
     def embed_speech(self, features: Array, feature_mask: Array, deterministic: bool = True,
                      precomputed: bool = False):
         """Audio features [B, T, C] -> adapter outputs in LLM embedding space [B, T', D], mask.
         precomputed=True: features / feature_mask are `speech_encoder_outputs` (cached)."""
-        if precomputed:
-            return self.adapter(features, feature_mask, deterministic=deterministic, subsampled=True)
-        # No stop_gradient: freezing is the trainer's job (it differentiates only the trainable
-        # subtree, so a frozen encoder gets no backward pass); full fine-tuning trains it.
-        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic)
-        return self.adapter(hidden, mask, deterministic=deterministic)
+        if not precomputed:
+            # No stop_gradient: freezing is the trainer's job (it differentiates only the
+            # trainable subtree, so a frozen encoder gets no backward pass); full fine-tuning
+            # trains it.
+            features, feature_mask = self._subsampled_speech(features, feature_mask, deterministic)
+        return self.adapter(features, feature_mask, deterministic=deterministic, subsampled=True)
 
     def encode(self, features: Array, feature_mask: Array, instruction_tokens: Array,
                instruction_mask: Array | None = None, deterministic: bool = True,

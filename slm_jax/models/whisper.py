@@ -120,8 +120,10 @@ def _gelu(x: Array) -> Array:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; the key projection has no bias. mask: [B, 1, T, T] or None."""
+    """Multi-head self-attention; the key projection has no bias. mask: [B, 1, 1, T] (keys) or
+    None. query_stride s > 1: only queries 0, s, 2s, ... ([B, ceil(T / s), D] out)."""
     config: WhisperEncoderConfig
+    query_stride: int = 1
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None) -> Array:
@@ -129,22 +131,26 @@ class SelfAttention(nn.Module):
         heads, hd = cfg.encoder_attention_heads, cfg.head_dim
         proj = lambda name, bias: _dense_general((heads, hd), ("embed", "heads", "kv"), use_bias=bias,
                                                  dtype=cfg.dtype, name=name)
-        q, k, v = proj("query", True)(x), proj("key", False)(x), proj("value", True)(x)   # [B, T, heads, hd]
+        q = proj("query", True)(x[:, ::self.query_stride])                          # [B, T', heads, hd]
+        k, v = proj("key", False)(x), proj("value", True)(x)                         # [B, T, heads, hd]
         out = layers.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, dtype=cfg.dtype)
         return _dense_general(cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), dtype=cfg.dtype,
                               name="out")(out)
 
 
 class WhisperEncoderLayer(nn.Module):
-    """Pre-LN transformer layer: self-attention and a GELU MLP, each residual."""
+    """Pre-LN transformer layer: self-attention and a GELU MLP, each residual. output_stride
+    s > 1: the output only at frames 0, s, 2s, ... (keys and values still read every frame)."""
     config: WhisperEncoderConfig
+    output_stride: int = 1
 
     @nn.compact
     def __call__(self, x: Array, attn_mask: Array | None, deterministic: bool) -> Array:
         cfg = self.config
         norm = lambda name: layers.LayerNorm(1e-5, dtype=cfg.dtype, name=name)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        x = x + drop(SelfAttention(cfg, name="self_attn")(norm("self_attn_layer_norm")(x), attn_mask))
+        s = self.output_stride
+        x = x[:, ::s] + drop(SelfAttention(cfg, s, name="self_attn")(norm("self_attn_layer_norm")(x), attn_mask))
         h = layers.dense(cfg.encoder_ffn_dim, ("embed", "mlp"), use_bias=True, dtype=cfg.dtype,
                          name="fc1")(norm("final_layer_norm")(x))
         h = nn.with_logical_constraint(_gelu(h), ("batch", "length", "mlp"))
@@ -154,13 +160,16 @@ class WhisperEncoderLayer(nn.Module):
 
 class WhisperEncoder(nn.Module):
     """features [B, T, num_mel_bins], mask [B, T] | None -> (hidden [B, T', d_model], mask [B, T'])
-    with T' = ceil(T / 2) <= max_source_positions."""
+    with T' = ceil(T / 2) <= max_source_positions. output_stride s > 1 returns exactly
+    `hidden[:, ::s], mask[:, ::s]`, the last layer computing only those frames' queries and MLP."""
     config: WhisperEncoderConfig
 
     @nn.compact
     def __call__(self, features: Array, mask: Array | None = None,
-                 deterministic: bool = True) -> tuple[Array, Array]:
+                 deterministic: bool = True, output_stride: int = 1) -> tuple[Array, Array]:
         cfg = self.config
+        if output_stride < 1:
+            raise ValueError(f"WhisperEncoder: output_stride must be >= 1, got {output_stride}")
         b, t, mel = features.shape
         if mel != cfg.num_mel_bins:
             raise ValueError(f"WhisperEncoder: features have {mel} mel bins, "
@@ -192,8 +201,12 @@ class WhisperEncoder(nn.Module):
 
         # Padded frames are excluded as keys; padded query rows are computed and later zeroed.
         attn_mask = out_mask[:, None, None, :] if mask is not None else None
+        if not cfg.encoder_layers:
+            x = x[:, ::output_stride]
         for i in range(cfg.encoder_layers):
-            x = WhisperEncoderLayer(cfg, name=f"layers_{i}")(x, attn_mask, deterministic)
+            stride = output_stride if i == cfg.encoder_layers - 1 else 1
+            x = WhisperEncoderLayer(cfg, stride, name=f"layers_{i}")(x, attn_mask, deterministic)
+        out_mask = out_mask[:, ::output_stride]
         x = layers.LayerNorm(1e-5, dtype=cfg.dtype, name="layer_norm")(x)
         return (x if mask is None else _zero_padding(x, out_mask)), out_mask
 
