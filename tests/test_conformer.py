@@ -16,6 +16,7 @@ from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert
+from slm_jax.models import conformer as conformer_lib
 from slm_jax.models.conformer import Conformer, ConformerConfig, relative_key_bias
 from slm_jax.partitioning import axis_rules, check_logical_axes
 
@@ -122,6 +123,28 @@ def test_output_stride_is_the_strided_full_output(hf_dir, stride):
     assert np.abs(np.asarray(zero[0]) - zfull[:, ::stride]).max() == 0.0
     with pytest.raises(ValueError, match="output_stride"):
         Conformer(cfg).apply({"params": params}, x, mask, output_stride=0)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_attention_in_example_groups_equals_whole_batch(hf_dir, monkeypatch, group):
+    """On CPU the self-attention runs groups of examples one after another when their logits are
+    large; a chunk size that forces groups of 1 and 2 (3 examples: a short last group) gives the
+    whole-batch numbers."""
+    cfg, params = load_hf_w2v_bert(str(hf_dir[0]))
+    x, mask = _padded_batch(LENGTHS, max(LENGTHS), 16)
+    t = max(LENGTHS)
+    run = lambda: np.asarray(jax.jit(lambda p, x, m: Conformer(cfg).apply({"params": p}, x, m))(params, x, mask)[0])  # noqa: E731
+    monkeypatch.setattr(conformer_lib, "ATTENTION_CHUNK_BYTES", 1 << 40)
+    whole = run()
+    monkeypatch.setattr(conformer_lib, "ATTENTION_CHUNK_BYTES", group * cfg.num_heads * t * t * 4)
+    calls = []
+    original = conformer_lib.SelfAttention._attend
+    monkeypatch.setattr(conformer_lib.SelfAttention, "_attend",
+                        lambda self, q, *a: calls.append(q.shape[0]) or original(self, q, *a))
+    grouped = run()
+    sizes = [min(group, len(LENGTHS) - i) for i in range(0, len(LENGTHS), group)]   # [1, 1, 1] or [2, 1]
+    assert calls == sizes * cfg.num_layers
+    assert np.abs(grouped - whole).max() <= INVARIANCE_TOL
 
 
 # ----------------------------------------------------------------------------- USM conv2d front end

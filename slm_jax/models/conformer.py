@@ -39,6 +39,9 @@ from slm_jax.models import layers
 Array = jax.Array
 
 SUBSAMPLING = ("conv2d", "none")
+# On CPU, self-attention runs the batch in groups of examples with at most this many bytes of
+# [heads, T, T] float32 logits each (see SelfAttention); other backends run the whole batch.
+ATTENTION_CHUNK_BYTES = 4 << 20
 POSITION_EMBEDDINGS = ("relative_key", "none")
 
 
@@ -297,18 +300,37 @@ class SelfAttention(nn.Module):
         heads, hd = cfg.num_heads, cfg.head_dim
         proj = lambda name: _dense_general((heads, hd), ("embed", "heads", "kv"), dtype=cfg.dtype, name=name)
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)          # [B, T, heads, hd]
-        bias = None
+        table = None
         if cfg.position_embeddings_type == "relative_key":
             table = self.param("distance_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), ("relpos_buckets", "kv")), (cfg.num_relpos_buckets, hd), jnp.float32)
-            # q against every bucket, then picked per (q, k): never builds a [T, T, hd] tensor.
-            per_bucket = jnp.einsum("bqhd,pd->bhqp", q, table.astype(cfg.dtype))
-            bias = relative_key_bias(per_bucket, cfg.left_max_position_embeddings,
-                                     cfg.right_max_position_embeddings) * (hd ** -0.5)
-        out = layers.dot_product_attention(q, k, v, bias=bias, mask=layers.attention_mask(mask, mask),
-                                           scale=hd ** -0.5, dtype=cfg.dtype)
+            table = table.astype(cfg.dtype)
+        amask = layers.attention_mask(mask, mask)
+        # On CPU: examples in groups whose [heads, T, T] logits fit in ATTENTION_CHUNK_BYTES, one
+        # group after another, so each group's logits, softmax and value dot stay in the cache
+        # instead of the whole batch's logits streaming through memory several times (small
+        # config, T = 400: the 4-layer encoder forward 7% faster). Accelerators, where the batch
+        # is sharded and wide kernels pay, run it whole.
+        b, t = x.shape[:2]
+        group = b
+        if jax.default_backend() == "cpu":
+            group = max(1, min(b, ATTENTION_CHUNK_BYTES // (heads * t * t * 4)))
+        outs = [self._attend(q[i:i + group], k[i:i + group], v[i:i + group], amask[i:i + group], table)
+                for i in range(0, b, group)]
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
         return _dense_general(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), dtype=cfg.dtype,
                               name="out")(out)
+
+    def _attend(self, q: Array, k: Array, v: Array, mask: Array, table: Array | None) -> Array:
+        cfg = self.config
+        hd = cfg.head_dim
+        bias = None
+        if table is not None:
+            # q against every bucket, then picked per (q, k): never builds a [T, T, hd] tensor.
+            per_bucket = jnp.einsum("bqhd,pd->bhqp", q, table)
+            bias = relative_key_bias(per_bucket, cfg.left_max_position_embeddings,
+                                     cfg.right_max_position_embeddings) * (hd ** -0.5)
+        return layers.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=hd ** -0.5, dtype=cfg.dtype)
 
 
 class ConvolutionModule(nn.Module):
