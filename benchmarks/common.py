@@ -98,8 +98,8 @@ transformers.utils.logging.disable_progress_bar()
 from slm_jax.checkpoints.hf_t5 import load_hf_t5  # noqa: E402
 from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert  # noqa: E402
 from slm_jax.models.adapter import AdapterConfig  # noqa: E402
-from slm_jax.models.adapter import prepare_input  # noqa: E402
-from slm_jax.models.slm import SLM, SLMConfig  # noqa: E402
+from slm_jax.models import slm as slm_lib  # noqa: E402
+from slm_jax.models.slm import SLMConfig  # noqa: E402
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh  # noqa: E402
 from slm_jax.task_model import SLMTaskModel  # noqa: E402
 from slm_jax.trainer import Trainer, make_optimizer  # noqa: E402
@@ -436,18 +436,12 @@ def ours_train_step(pair: Pair, batch):
 def whole_speech_encoder():
     """Within: SLM runs its speech encoder over every frame and subsamples afterwards, instead of
     asking it for the kept frames only (what the torch reference computes). For FLOP counts:
-    the work the reference does, in XLA's count."""
-    original = SLM._subsampled_speech
-
-    def whole(self, features, feature_mask, deterministic):
-        hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic)
-        return prepare_input(hidden, mask, self.config.adapter)
-
-    SLM._subsampled_speech = whole
+    the work the reference does, in XLA's count (`slm.KEPT_FRAMES_ONLY`, read when tracing)."""
+    slm_lib.KEPT_FRAMES_ONLY = False
     try:
         yield
     finally:
-        SLM._subsampled_speech = original
+        slm_lib.KEPT_FRAMES_ONLY = True
 
 
 def cached_batch(model, params, batch) -> dict:

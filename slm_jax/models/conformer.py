@@ -424,7 +424,7 @@ class Conformer(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(_zero_padding(x, mask), deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         if not cfg.num_layers:
-            return _zero_padding(x, mask)[:, ::output_stride], mask[:, ::output_stride]
+            x = x[:, ::output_stride]
         for i in range(cfg.num_layers):
             stride = output_stride if i == cfg.num_layers - 1 else 1
             x = ConformerLayer(cfg, stride, name=f"layers_{i}")(x, mask, deterministic)

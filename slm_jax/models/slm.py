@@ -32,6 +32,11 @@ from slm_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 
 Array = jax.Array
 
+# With "stride" subsampling, ask the speech encoder for the kept frames only (its last layer then
+# skips the dropped ones; the same numbers). False runs it over every frame and subsamples after,
+# the work a whole-output implementation does (benchmarks count the reference's FLOPs so).
+KEPT_FRAMES_ONLY = True
+
 
 @dataclasses.dataclass(frozen=True)
 class SLMConfig:
@@ -88,7 +93,7 @@ class SLM(nn.Module):
         "stride" subsampling the encoder is asked for only the frames the adapter keeps, so its
         last layer skips the work on the dropped ones (the same numbers)."""
         cfg = self.config.adapter
-        if cfg.subsampling == "stride":
+        if cfg.subsampling == "stride" and KEPT_FRAMES_ONLY:
             hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic,
                                                output_stride=cfg.stride)
             return hidden.astype(cfg.dtype), mask
