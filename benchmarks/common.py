@@ -18,7 +18,9 @@ applies to the host side.
 
 Timing (`time_interleaved`): warm-up calls (jit compilation, allocator warm-up) are excluded;
 the candidates are then called alternately, `repeats` times each, so changing background load on
-a shared machine hits all of them alike; we report the median (and min/max) wall time of one
+a shared machine hits all of them alike, each after an idle pause (`--pause`, default 0.3 s) so
+that it starts on quiet cores: without it, each call ran slower behind the other framework's
+call (small train step, both sides: 10-25%); we report the median (and min/max) wall time of one
 blocking call, and the load average (`load_note`), since other processes on the same cores
 skew timings (PyTorch's OpenMP barriers suffer most).
 
@@ -73,6 +75,7 @@ def pin_threads(n: int) -> int:
     return n
 
 
+PAUSE_S = float(_argv("--pause", "0.3"))   # idle seconds before each timed call
 THREADS = pin_threads(int(_argv("--threads", str(len(os.sched_getaffinity(0))))))   # must run before numpy / jax / torch are imported
 
 import flax.linen as nn  # noqa: E402
@@ -115,6 +118,8 @@ def add_common_args(parser, configs=("tiny", "small")):
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate (median)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed calls first (jit compilation; eager torch needs ~3 calls to settle)")
+    parser.add_argument("--pause", type=float, default=PAUSE_S,
+                        help="idle seconds before each timed call, so each starts on quiet cores")
     parser.add_argument("--configs", default=",".join(configs), help=f"comma list of {list(SIZES)}")
     parser.add_argument("--quick", action="store_true", help="smoke run (~30 s): tiny config, 1 warm-up, 1 repeat")
     return parser
@@ -466,13 +471,15 @@ class Timing:
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, Timing]:
     """Wall time of one blocking call of each fn: warm-up calls excluded, then the candidates
     are called alternately `repeats` times each (so changing background load on a shared
-    machine hits them alike); median, min, max."""
+    machine hits them alike), each after `PAUSE_S` idle seconds (threads of the previous call,
+    ours or the other framework's, have gone quiet); median, min, max."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
