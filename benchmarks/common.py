@@ -566,4 +566,4 @@ def print_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None 
 def header(script: str) -> None:
     print(f"# {script}: jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
           f"transformers {transformers.__version__}; {WHERE}"
-          + (f" ({THREADS} host thread(s))" if DEVICE == "gpu" else "") + f", CPUs {sorted(os.sched_getaffinity(0))}")
+          + (f" ({THREADS} host thread(s))" if DEVICE == "gpu" else "") + f", CPUs {sorted(os.sched_getaffinity(0))}; {PAUSE_S:g} s idle before each timed call")
