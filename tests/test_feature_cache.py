@@ -69,7 +69,9 @@ def test_cached_loss_gradients_and_decoding_equal_raw(cache):
     expect, mask = jax.jit(lambda p, f, m: SLM(CONFIG).apply({"params": p}, f, m, method=SLM.speech_encoder_outputs))(
         cache["params"], raw["features"], raw["feature_mask"])
     assert np.array_equal(cached["encoded_mask"], np.asarray(mask).astype(np.int32))
-    np.testing.assert_allclose(cached["encoded_speech"], np.asarray(expect), rtol=0, atol=1e-6)
+    # the cache ran the encoder in batches of 3, this reference in one batch of 8: programs of
+    # other shapes may order float32 sums differently (seen: 1.1e-6 relative on an AVX-512 CPU)
+    np.testing.assert_allclose(cached["encoded_speech"], np.asarray(expect), rtol=1e-5, atol=1e-6)
 
     trainable, frozen = split_trainable(cache["params"], ["adapter/.*"])
 
