@@ -20,7 +20,7 @@ Timing (`time_interleaved`): warm-up calls (jit compilation, allocator warm-up) 
 the candidates are then called alternately, `repeats` times each, so changing background load on
 a shared machine hits all of them alike, each after an idle pause (`--pause`, default 0.3 s) so
 that it starts on quiet cores: without it, each call ran slower behind the other framework's
-call (small train step medians: ours 528-575 vs 413-429 ms, torch 880-901 vs 771-778 ms); we report the median (and min/max) wall time of one
+call (measured in benchmarks/README.md); we report the median (and min/max) wall time of one
 blocking call, and the load average (`load_note`), since other processes on the same cores
 skew timings (PyTorch's OpenMP barriers suffer most).
 
@@ -468,18 +468,21 @@ class Timing:
     max: float
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, Timing]:
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                     pause: float | None = None) -> dict[str, Timing]:
     """Wall time of one blocking call of each fn: warm-up calls excluded, then the candidates
     are called alternately `repeats` times each (so changing background load on a shared
-    machine hits them alike), each after `PAUSE_S` idle seconds (threads of the previous call,
-    ours or the other framework's, have gone quiet); median, min, max."""
+    machine hits them alike), each after `pause` idle seconds (default `PAUSE_S`: threads of the
+    previous call, ours or the other framework's, have gone quiet; 0 where background work
+    during the pause would be counted, e.g. an input pipeline's prefetch); median, min, max."""
+    pause = PAUSE_S if pause is None else pause
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            time.sleep(PAUSE_S)
+            time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)

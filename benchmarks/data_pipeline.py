@@ -78,7 +78,7 @@ def stage_rates(n: int, repeats: int, warmup: int) -> list[dict]:
     rows = []
     for name, ds in stages.items():
         it = ds.as_numpy_iterator()
-        t = common.time_interleaved({name: batches_fn(it, n)}, repeats, warmup)[name]
+        t = common.time_interleaved({name: batches_fn(it, n)}, repeats, warmup, pause=0)[name]
         rows.append({"stage": name, "examples/s": n / t.median, "ms/example": 1e3 * t.median / n})
     return rows
 
@@ -97,12 +97,14 @@ def main():
         it = get_batches(MIXTURE, "train", feature_lengths=FEATURE_LENGTHS, batch_size=b, shuffle=True, seed=0)
         batch = next(it)
         first_s = time.perf_counter() - t0
-        pipe = common.time_interleaved({"pipeline": batches_fn(it, n_pipe)}, args.repeats, args.warmup)["pipeline"]
+        # no idle pause before pipeline calls: tf.data's prefetch threads would fill buffers in it
+        pipe = common.time_interleaved({"pipeline": batches_fn(it, n_pipe)}, args.repeats, args.warmup,
+                                       pause=0)["pipeline"]
 
         assert max(batch[k].max() for k in ("instruction_tokens", "decoder_target_tokens")) < size.vocab
         _, step, _, compile_s = common.ours_train_step(common.build_pair(size), batch)
         stepped = common.time_interleaved({"step": step}, args.repeats, args.warmup)["step"]
-        loop = common.time_interleaved({"loop": loop_fn(it, step, n_loop)}, args.repeats, 1)["loop"]
+        loop = common.time_interleaved({"loop": loop_fn(it, step, n_loop)}, args.repeats, 1, pause=0)["loop"]
         del it
         pipe_rate, step_rate = b * n_pipe / pipe.median, b / stepped.median
         rows.append({"config": name, "batch (ex x frames/instr/targets)":
