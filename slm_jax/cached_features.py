@@ -62,15 +62,6 @@ hosts each global batch is the same as on one host, and host `shard_index` gets 
 
 from __future__ import annotations
 
-import sys
-
-if __name__ == "__main__":
-    # `python -m slm_jax.feature_cache`: run the module as imported under its package name, so
-    # gin registers each configurable once (not also as __main__.*).
-    from slm_jax.feature_cache import main as _entry
-    _entry()
-    sys.exit(0)
-
 import collections
 import concurrent.futures
 import dataclasses
@@ -87,6 +78,7 @@ import numpy as np
 import tensorflow as tf
 
 from slm_jax.data import bucket_bound
+from slm_jax.fingerprint import differences, hash_path, jsonable
 from slm_jax.models.slm import SLM, SLMConfig
 
 CACHE_FORMAT = 1
@@ -100,67 +92,21 @@ class StaleCacheError(ValueError):
 
 # ----------------------------------------------------------------------------- fingerprint
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    try:
-        return jnp.dtype(value).name      # dtypes: jnp.float32, jnp.bfloat16, np.dtype
-    except TypeError:
-        return repr(value)
-
-
-def _hash_path(path: str) -> str:
-    """sha256 of a file, or of a directory's files (relative names and contents, sorted)."""
-    def file_digest(p):
-        with open(p, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    if os.path.isfile(path):
-        return file_digest(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"speech encoder checkpoint not found: {path}")
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            h.update(os.path.relpath(full, path).encode() + b"\0" + file_digest(full).encode())
-    return h.hexdigest()
-
-
 def weights_id(speech_encoder_checkpoint: str | None, seed: int = 0) -> dict:
     """What identifies the encoder weights: the checkpoint's sha256, or the init seed (setup()
-    initialises an encoder without checkpoint from PRNGKey(train.seed))."""
+    initialises an encoder without checkpoint from PRNGKey(RunConfig.seed))."""
     if speech_encoder_checkpoint:
-        return {"speech_encoder_checkpoint_sha256": _hash_path(speech_encoder_checkpoint)}
+        return {"speech_encoder_checkpoint_sha256": hash_path(speech_encoder_checkpoint)}
     return {"init_seed": int(seed)}
 
 
 def fingerprint(config: SLMConfig, weights: Mapping[str, Any]) -> dict:
     """Everything the cached values depend on besides the data."""
     enc, ad = config.speech_encoder, config.adapter
-    return {"speech_encoder": {"type": type(enc).__name__, **_jsonable(dataclasses.asdict(enc))},
-            "adapter_input": {"stride": ad.stride, "subsampling": ad.subsampling, "dtype": _jsonable(ad.dtype),
+    return {"speech_encoder": {"type": type(enc).__name__, **jsonable(dataclasses.asdict(enc))},
+            "adapter_input": {"stride": ad.stride, "subsampling": ad.subsampling, "dtype": jsonable(ad.dtype),
                               "input_dim": ad.input_dim},
-            "weights": _jsonable(dict(weights))}
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _differences(cached: Mapping, wanted: Mapping) -> list[str]:
-    a, b = _flat(cached), _flat(wanted)
-    return [f"{k}: cache has {a.get(k, '<absent>')!r}, model/run has {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            "weights": jsonable(dict(weights))}
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -187,10 +133,10 @@ def check_manifest(manifest: Mapping, path: str, *, fingerprint_: Mapping | None
     if manifest.get("format") != CACHE_FORMAT:
         problems.append(f"format: cache has {manifest.get('format')!r}, this code reads {CACHE_FORMAT}")
     if fingerprint_ is not None:
-        problems += _differences(manifest.get("fingerprint", {}), fingerprint_)
+        problems += differences(manifest.get("fingerprint", {}), fingerprint_, "cache", "model/run")
     if feature_lengths is not None:
-        problems += _differences({"feature_lengths": manifest.get("feature_lengths", {})},
-                                 {"feature_lengths": _jsonable(dict(feature_lengths))})
+        problems += differences({"feature_lengths": manifest.get("feature_lengths", {})},
+                                {"feature_lengths": jsonable(dict(feature_lengths))}, "cache", "model/run")
     if problems:
         raise StaleCacheError(f"stale feature cache {path}: it was built for another encoder or data "
                               f"config; rebuild it (python -m slm_jax.feature_cache ...). Differences:\n  "
@@ -373,7 +319,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
         raise ValueError(f"build_cache: {task!r} split {split!r} has no examples")
     seconds = time.perf_counter() - t0
     manifest = {"format": CACHE_FORMAT, "task": task, "split": split,
-                "feature_lengths": _jsonable(dict(feature_lengths)), "count": count,
+                "feature_lengths": jsonable(dict(feature_lengths)), "count": count,
                 "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
                 "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "frames": lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
@@ -387,69 +333,6 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
         print(f"[feature_cache] wrote {count} examples ({nbytes / 2 ** 20:.1f} MiB of {dtype} frames, "
               f"{len(shards)} shard(s)) to {out_dir} in {seconds:.1f}s", flush=True)
     return manifest
-
-
-def encoder_params_for(config: SLMConfig, speech_encoder_checkpoint: str | None = None, seed: int = 0) -> dict:
-    """The speech encoder weights setup() would use: loaded from the checkpoint, or the
-    random initialisation from PRNGKey(seed) (the encoder part of SLMTaskModel.init_boxed)."""
-    import flax.linen as nn
-    from slm_jax.models.slm import abstract_params
-    if speech_encoder_checkpoint:
-        from slm_jax.checkpoints.params_io import load_foundation
-        return load_foundation(speech_encoder_checkpoint, "speech_encoder", abstract_params(config)["speech_encoder"])
-    from slm_jax.task_model import SLMTaskModel
-    model = SLMTaskModel(config)
-    return jax.jit(lambda r: nn.meta.unbox(model.init_boxed(r))["speech_encoder"])(jax.random.PRNGKey(seed))
-
-
-# ----------------------------------------------------------------------------- gin
-
-_UNBOUND = object()
-
-
-def _gin_value(name: str, default: Any = _UNBOUND) -> Any:
-    """The value bound to gin parameter `name` (macros and @Configurable() evaluated)."""
-    try:
-        value = gin.query_parameter(name)
-    except ValueError:
-        if default is _UNBOUND:
-            raise ValueError(f"feature_cache: gin parameter {name} is not bound") from None
-        return default
-    if isinstance(value, gin.config.ConfigurableReference):
-        value = value.scoped_configurable_fn()
-    return value
-
-
-def _run_config(config: SLMConfig | None, speech_encoder_checkpoint: str | None) -> tuple[SLMConfig, str | None]:
-    if config is None:
-        model = _gin_value("setup.model", None)
-        if model is None:
-            raise ValueError("feature_cache: no model to check the cache against: pass config= "
-                             "(and speech_encoder_checkpoint=) or bind setup.model in gin")
-        config = model.config
-        speech_encoder_checkpoint = speech_encoder_checkpoint or _gin_value("setup.speech_encoder_checkpoint", None)
-    return config, speech_encoder_checkpoint
-
-
-@gin.configurable
-def cache_features(cache_dir: str | None = None, task: str | None = None, split: str = "train", *,
-                   feature_lengths: Mapping[str, int] | None = None, batch_size: int | None = None,
-                   seed: int | None = None, config: SLMConfig | None = None,
-                   speech_encoder_checkpoint: str | None = None, examples_per_shard: int = 4096,
-                   overwrite: bool = False, share_bytes: int = 2 ** 30) -> dict:
-    """build_cache for the configured run: each argument left None is taken from the run's gin
-    bindings (cached_batches.cache_dir, train.train_task / feature_lengths / batch_size / seed,
-    setup.model / speech_encoder_checkpoint), so it writes the cache `train` will read."""
-    cache_dir = cache_dir or _gin_value("cached_batches.cache_dir")
-    task = task or _gin_value("train.train_task")
-    feature_lengths = feature_lengths or _gin_value("train.feature_lengths")
-    batch_size = batch_size or _gin_value("train.batch_size", 8)
-    seed = _gin_value("train.seed", 0) if seed is None else seed
-    config, ckpt = _run_config(config, speech_encoder_checkpoint)
-    params = encoder_params_for(config, ckpt, seed)
-    return build_cache(cache_dir, task, split, feature_lengths=feature_lengths, config=config,
-                       encoder_params=params, weights=weights_id(ckpt, seed), batch_size=batch_size, seed=seed,
-                       examples_per_shard=examples_per_shard, overwrite=overwrite, share_bytes=share_bytes)
 
 
 # ----------------------------------------------------------------------------- read
@@ -512,8 +395,7 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
                    shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
                    start_batch: int = 0, shard_index: int = 0, num_shards: int = 1,
                    drop_remainder: bool = True, cache_dir: str = gin.REQUIRED,
-                   config: SLMConfig | None = None, speech_encoder_checkpoint: str | None = None,
-                   prefetch: int = 2, speech_buckets: Sequence[int] = (),
+                   encoder_fingerprint: Mapping[str, Any] = gin.REQUIRED, prefetch: int = 2, speech_buckets: Sequence[int] = (),
                    bucket_window: int = 16) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches from a feature cache, with get_batches' contract (an input_fn of `train`):
     encoded_speech [b, T', D_enc] / encoded_mask [b, T'] instead of features / feature_mask,
@@ -527,14 +409,12 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
     and the batches put in a random order (from seed and window). Still deterministic and
     resumable at `start_batch`; every host gets its rows of the same global batches.
 
-    The cache is checked first (StaleCacheError naming its manifest) against `config` and the
-    encoder weights (`speech_encoder_checkpoint`, or the init seed `seed`); `config` None: the
-    run's gin bindings setup.model / setup.speech_encoder_checkpoint."""
+    The cache is checked first against `encoder_fingerprint` (`fingerprint(config, weights)` of
+    the model that reads it) and `feature_lengths`: StaleCacheError naming its manifest."""
     if batch_size % num_shards:
         raise ValueError(f"cached_batches: batch_size {batch_size} is not divisible by num_shards {num_shards}")
-    config, ckpt = _run_config(config, speech_encoder_checkpoint)
     manifest, path = load_manifest(cache_dir, mixture_or_task_name, split)
-    check_manifest(manifest, path, fingerprint_=fingerprint(config, weights_id(ckpt, seed)),
+    check_manifest(manifest, path, fingerprint_=encoder_fingerprint,
                    feature_lengths=feature_lengths)
     reader = _Reader(os.path.dirname(path), manifest)
     return _iterate(reader, manifest["count"], batch_size, shuffle, seed, num_epochs, start_batch,
@@ -609,12 +489,3 @@ def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: 
             if not queue:
                 return
             yield queue.pop(0).result()
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """python -m slm_jax.feature_cache --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]"""
-    from slm_jax.main import parse_gin  # also registers train / setup / the model configurables
-    parse_gin(argv)
-    return cache_features()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gin
 import jax.numpy as jnp
 
+from slm_jax.features import FeatureConfig
 from slm_jax.models.adapter import AdapterConfig
 from slm_jax.models.conformer import ConformerConfig
 from slm_jax.models.slm import SLMConfig
 from slm_jax.models.t5 import T5Config
 from slm_jax.models.whisper import WhisperEncoderConfig
 
-for _cls in (AdapterConfig, ConformerConfig, SLMConfig, T5Config, WhisperEncoderConfig):
+for _cls in (AdapterConfig, ConformerConfig, FeatureConfig, SLMConfig, T5Config, WhisperEncoderConfig):
     gin.external_configurable(_cls, module="slm_jax")
 gin.constant("jnp.float32", jnp.float32)
 gin.constant("jnp.bfloat16", jnp.bfloat16)

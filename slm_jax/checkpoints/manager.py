@@ -18,19 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from slm_jax.checkpoints.hf_common import CheckpointError
-
-
-def _diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            sub = f"{path}.{k}" if path else str(k)
-            if k not in a or k not in b:
-                out.append(f"{sub}: {a.get(k, '<absent>')!r} vs {b.get(k, '<absent>')!r}")
-            else:
-                out.extend(_diff(a[k], b[k], sub))
-        return out
-    return [] if a == b else [f"{path}: checkpoint has {a!r}, run has {b!r}"]
+from slm_jax.fingerprint import differences
 
 
 class TrainCheckpointer:
@@ -77,7 +65,7 @@ class TrainCheckpointer:
         if step is None:
             raise CheckpointError(f"{self.directory}: no checkpoint to restore")
         saved = self.manager.restore(step, args=ocp.args.Composite(fingerprint=ocp.args.JsonRestore()))
-        diffs = _diff(saved["fingerprint"], self.fingerprint)
+        diffs = differences(saved["fingerprint"], self.fingerprint, "checkpoint", "run")
         if diffs:
             raise CheckpointError(f"{self.directory}/{step}: checkpoint does not match this run's config: "
                                   + "; ".join(diffs[:8]))
@@ -101,13 +89,3 @@ class TrainCheckpointer:
             signal.signal(sig, old)
         self._old_handlers.clear()
 
-
-def state_fingerprint(abstract_trainable, **configs) -> dict:
-    """Fingerprint of a run: given configs (dataclasses -> dicts) and trainable param shapes."""
-    import dataclasses
-
-    def as_dict(c):
-        return dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
-    shapes = {"/".join(str(getattr(k, "key", k)) for k in path): list(x.shape)
-              for path, x in jax.tree_util.tree_leaves_with_path(abstract_trainable)}
-    return {"configs": {k: as_dict(v) for k, v in configs.items()}, "trainable_shapes": shapes}

@@ -1,0 +1,193 @@
+"""Evaluation and inference, as a library: decode a task split to text, score it with the task's
+metric functions, write predictions and metrics; run a trained model on audio files.
+`EvalConfig` / `InferConfig` are built once by an entry point from gin and passed here."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from slm_jax import gin_utils
+from slm_jax.data import get_batches, pad_rows
+from slm_jax.features import FeatureConfig, compute_features, load_audio
+from slm_jax.progress import MetricsWriter
+from slm_jax.task_model import DecodeConfig
+from slm_jax.train_lib import RunConfig, Setup, setup
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What evaluation reads: the tasks and split to score, their feature lengths, the batch
+    size, decoding, `max_examples` (a bounded sample: each task's first N examples), and a `tag`
+    added to output file names."""
+    eval_tasks: Sequence[str] | None = None
+    split: str = "validation"
+    feature_lengths: Mapping[str, int] | None = None
+    batch_size: int = 8
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    max_examples: int | None = None
+    tag: str = ""
+
+    def __post_init__(self):
+        for name in ("eval_tasks", "feature_lengths"):
+            if getattr(self, name) is None:
+                raise ValueError(f"EvalConfig.{name} is not set (bind it in gin: EvalConfig.{name} = ...)")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """What inference reads: audio files, one text instruction, the vocabulary and speech
+    features the model was trained with, and decoding."""
+    audio_files: Sequence[str] = ()
+    instruction: str = ""
+    vocabulary: Any = None
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+
+    def __post_init__(self):
+        if not self.audio_files:
+            raise ValueError("InferConfig.audio_files is empty: which audio files should be transcribed?")
+        if self.vocabulary is None:
+            raise ValueError("InferConfig.vocabulary is not set (the vocabulary the model was trained with)")
+
+
+def tokens_to_text(vocab: seqio.Vocabulary, ids: Sequence[int], eos_id: int) -> str:
+    """Text of decoded (or target) token ids: cut at the first EOS, padding dropped."""
+    ids = [int(t) for t in ids]
+    if eos_id in ids:
+        ids = ids[:ids.index(eos_id)]
+    return vocab.decode([t for t in ids if t > 0])
+
+
+def score(task_name: str, targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """The task's metric functions on target / prediction strings."""
+    out: dict[str, float] = {}
+    for fn in seqio.get_mixture_or_task(task_name).metric_fns:
+        out.update({k: float(v) for k, v in fn(targets, predictions).items()})
+    return out
+
+
+def eval_batches(name: str, cfg: EvalConfig) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over a task's split in file order (the first cfg.max_examples when set)."""
+    return get_batches(name, cfg.split, feature_lengths=cfg.feature_lengths, batch_size=cfg.batch_size,
+                       shuffle=False, num_epochs=1, drop_remainder=False, max_examples=cfg.max_examples)
+
+
+class EvalDataCache:
+    """Bounded evaluation samples (EvalConfig.max_examples) kept in memory, so evaluating several
+    models on the same data (the demo's adapter depths, the cascade) builds each seqio pipeline
+    once. The key holds everything that shapes the batches: the task name and registered object
+    (re-registering a name gives a new entry; the entry holds the task, so its id is not reused
+    while the entry lives), the split, lengths, batch size, sample size, and get_batches' gin
+    bindings. Unbounded evaluations are streamed, never kept."""
+
+    def __init__(self, entries: int = 64):
+        self.entries = entries
+        self.kept: collections.OrderedDict[tuple, tuple[Any, list]] = collections.OrderedDict()
+
+    def batches(self, name: str, cfg: EvalConfig) -> Iterator[dict[str, np.ndarray]]:
+        if not cfg.max_examples:
+            yield from eval_batches(name, cfg)
+            return
+        task = seqio.get_mixture_or_task(name)
+        key = (name, id(task), cfg.split, tuple(sorted(cfg.feature_lengths.items())), cfg.batch_size,
+               cfg.max_examples, repr(sorted(gin_utils.bindings_of("get_batches").items())))
+        hit = self.kept.get(key)
+        if hit is None:
+            hit = self.kept[key] = (task, list(eval_batches(name, cfg)))
+            while len(self.kept) > self.entries:
+                self.kept.popitem(last=False)
+        self.kept.move_to_end(key)
+        yield from hit[1]
+
+
+def decode_task(s: Setup, params: Any, name: str, cfg: EvalConfig,
+                data: EvalDataCache | None = None) -> tuple[list[str], list[str]]:
+    """(targets, predictions) as text for task `name`'s evaluation split."""
+    vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    eos = s.model.eos_id
+    targets, preds = [], []
+    batches = data.batches(name, cfg) if data is not None else eval_batches(name, cfg)
+    for batch in batches:
+        n = batch["features"].shape[0]
+        tokens, _ = s.model.predict_batch(params, s.partitioner.shard_batch(pad_rows(batch, cfg.batch_size)),
+                                          cfg.decode)
+        preds += [tokens_to_text(vocab, t, eos) for t in np.asarray(jax.device_get(tokens))[:n]]
+        targets += [tokens_to_text(vocab, t, eos) for t in batch["decoder_target_tokens"]]
+    if not preds:
+        raise ValueError(f"eval task {name!r} split {cfg.split!r} produced no examples")
+    return targets, preds
+
+
+def evaluate(s: Setup, cfg: EvalConfig, trainable: Any, step: int,
+             data: EvalDataCache | None = None) -> dict[str, dict[str, float]]:
+    """Decode each task of cfg.eval_tasks with params `trainable` (+ the frozen subtrees) and
+    score it. Writes predictions (JSONL) and metrics (JSON, TensorBoard) under run_dir/eval/."""
+    params = s.params(trainable)
+    out_dir = os.path.join(s.run.run_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    writer = MetricsWriter(s.run.run_dir, f"eval{cfg.tag}")
+    results = {}
+    for name in cfg.eval_tasks:
+        t0 = time.time()
+        targets, preds = decode_task(s, params, name, cfg, data)
+        scores = score(name, targets, preds)
+        scores["num_examples"] = len(preds)
+        scores["examples_per_s"] = len(preds) / (time.time() - t0)
+        results[name] = scores
+        with open(os.path.join(out_dir, f"{name}{cfg.tag}_step{step}.jsonl"), "w") as f:
+            for t, p in zip(targets, preds):
+                f.write(json.dumps({"target": t, "prediction": p}, ensure_ascii=False) + "\n")
+        writer.write(step, {f"{name}/{k}": v for k, v in scores.items()})
+        print(f"[eval] step {step} {name}: " + " ".join(f"{k}={v:.4g}" for k, v in scores.items()), flush=True)
+    with open(os.path.join(out_dir, f"metrics{cfg.tag}_step{step}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    writer.close()
+    return results
+
+
+def evaluate_run(run: RunConfig, cfg: EvalConfig, data: EvalDataCache | None = None) -> dict[str, dict[str, float]]:
+    """`evaluate` at the run's latest checkpoint (the initial params when it has none)."""
+    s = setup(run)
+    try:
+        trainable, step = s.restore()
+        return evaluate(s, cfg, trainable, step, data)
+    finally:
+        s.checkpointer.close()
+
+
+def speech_batch(features: Sequence[np.ndarray], instruction: Sequence[int]) -> dict[str, np.ndarray]:
+    """A batch of utterances' features (padded to the longest, with masks) and one instruction."""
+    frames = max(f.shape[0] for f in features)
+    return {"features": np.stack([np.pad(f, ((0, frames - f.shape[0]), (0, 0))) for f in features]),
+            "feature_mask": np.stack([(np.arange(frames) < f.shape[0]).astype(np.int32) for f in features]),
+            "instruction_tokens": np.tile(np.asarray(list(instruction) + [0], np.int32), (len(features), 1))}
+
+
+def infer(run: RunConfig, cfg: InferConfig) -> list[str]:
+    """The trained model (latest checkpoint) on cfg.audio_files with cfg.instruction; prints
+    and returns the outputs."""
+    s = setup(run)
+    try:
+        trainable, _ = s.restore()
+    finally:
+        s.checkpointer.close()
+    feats = [compute_features(load_audio(p), cfg.features.sample_rate, config=cfg.features, source=p)
+             for p in cfg.audio_files]
+    batch = speech_batch(feats, cfg.vocabulary.encode(cfg.instruction))
+    tokens, _ = s.model.predict_batch(s.params(trainable), batch, cfg.decode)
+    outs = [tokens_to_text(cfg.vocabulary, t, s.model.eos_id) for t in np.asarray(tokens)]
+    for p, o in zip(cfg.audio_files, outs):
+        print(f"{p}\t{o}", flush=True)
+    return outs
