@@ -1,15 +1,18 @@
 """What the trainer and evaluator need from a model: init, the loss on a batch, and decoding
 (T5X's "model" layer over the Flax modules).
 
+`TaskModel` is that interface, the type set-up, trainer and evaluator code annotates with.
 `EncDecTaskModel` holds what every encoder-decoder shares: teacher-forced next-token cross
 entropy (T5X style, `losses.cross_entropy_sums`) and `predict_batch`, which encodes once and
 decodes with the LLM's KV cache (greedy, beam or sampling). Subclasses say how a batch is
 encoded: `SLMTaskModel` ([speech ; instruction] through the SLM) and `T5TaskModel` (text only,
-used to pretrain / instruction-tune the LLM foundation with the same trainer).
+used to pretrain / instruction-tune the LLM foundation with the same trainer). `CTCTaskModel`
+pretrains the speech encoder with a CTC head.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from typing import Any, Mapping
@@ -39,9 +42,9 @@ class DecodeConfig:
 
 
 # XLA compiler options of the decoding loop's program, per backend. On CPU, XLA's YNNPACK
-# library fusions slow the loop's matmuls of a few rows per step (small config of
-# benchmarks/decode.py, decoder only: greedy 250 -> 185 ms, beam-4 660 -> 540 ms with them off),
-# while the encoders (and the train step) run faster with them, so only this program turns them off.
+# library fusions slow the loop's matmuls of a few rows per step, while the encoders (and the
+# train step) run faster with them, so only this program turns them off (timings:
+# benchmarks/README.md, "XLA options per program").
 DECODE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
@@ -66,20 +69,57 @@ def jit_per_backend(options: Mapping[str, Mapping[str, Any]], **jit_kwargs):
     return wrap
 
 
-class EncDecTaskModel:
-    """Shared loss and decoding; subclasses define `module`, `llm_config`, `init_boxed`,
-    `logits`, `encode` and `llm_params`."""
+class TaskModel(abc.ABC):
+    """A model as the set-up, trainer and evaluator use it; every task model subclasses this.
 
+    config: the model's config (SLMConfig, T5Config, ConformerConfig).
+    module: the Flax module the methods apply.
+    eos_id: the target vocabulary's EOS id (targets end with it; evaluation cuts decoded tokens
+        there).
+    init_boxed(rng): freshly initialised parameters, boxed (nn.LogicallyPartitioned leaves that
+        carry their logical axis names for slm_jax.partitioning); `nn.meta.unbox` gives arrays.
+    abstract_params(): init_boxed's result as shapes (jax.eval_shape), nothing allocated.
+    loss_fn(params, batch, rng, deterministic): summed (not averaged) metrics of one batch,
+        "loss_sum" and "weight_sum" at least (the loss is their ratio) and any other "*_sum"
+        (see slm_jax.trainer); rng feeds dropout when not deterministic.
+    predict_batch(params, batch, decode_cfg, rng): (decoded target tokens [B, L], 0-padded;
+        their scores [B]); decode_cfg is a DecodeConfig (models that decode one way ignore it),
+        rng is used by sampling.
+
+    Jitted methods take the task model as a static argument, so it is hashed and compared by
+    identity (another instance, even of an equal config, compiles them again)."""
+
+    config: Any
     module: Any
+    eos_id: int
+
+    @abc.abstractmethod
+    def init_boxed(self, rng: jax.Array) -> Any:
+        """Freshly initialised, boxed parameters (see the class docstring)."""
+
+    def abstract_params(self) -> Any:
+        """Boxed (LogicallyPartitioned) parameter shapes, nothing allocated."""
+        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
+
+    @abc.abstractmethod
+    def loss_fn(self, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
+        """Summed loss metrics of `batch` (see the class docstring)."""
+
+    @abc.abstractmethod
+    def predict_batch(self, params, batch: Batch, decode_cfg: Any = None,
+                      rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Decoded target tokens [B, L] (0-padded) and their scores [B]."""
+
+
+class EncDecTaskModel(TaskModel):
+    """Shared loss and decoding; subclasses define `config`, `module`, `llm_config`,
+    `init_boxed`, `logits`, `encode` and `llm_params`."""
+
     llm_config: t5_lib.T5Config
 
     def __init__(self, label_smoothing: float = 0.0, z_loss: float = 1e-4):
         self.llm = t5_lib.T5(self.llm_config)
         self.label_smoothing, self.z_loss = label_smoothing, z_loss
-
-    def abstract_params(self) -> Any:
-        """Boxed (LogicallyPartitioned) parameter shapes, nothing allocated."""
-        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
 
     @property
     def eos_id(self) -> int:
@@ -197,7 +237,7 @@ class T5TaskModel(EncDecTaskModel):
 
 
 @gin.configurable
-class CTCTaskModel:
+class CTCTaskModel(TaskModel):
     """Speech-encoder pretraining: Conformer + CTC head on features -> target tokens (the EOS
     of the target feature is dropped; token 0 is the blank). Targets: any seqio vocabulary, e.g.
     the world SentencePiece pieces or UTF-8 bytes (the `_asr_chars` tasks, vocab_size 259)."""
@@ -210,9 +250,6 @@ class CTCTaskModel:
     def init_boxed(self, rng: jax.Array) -> Any:
         feats = jnp.zeros((1, 64, self.config.input_dim), jnp.float32)
         return self.module.init(rng, feats, jnp.ones((1, 64), jnp.int32))["params"]
-
-    def abstract_params(self) -> Any:
-        return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
 
     def loss_fn(self, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
         import optax
@@ -237,7 +274,7 @@ class CTCTaskModel:
     def predict_batch(self, params, batch: Batch, decode_cfg: Any = None,
                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Greedy CTC tokens [B, T'] (0-padded) and their summed frame log-probabilities [B];
-        the same interface as EncDecTaskModel.predict_batch, `decode_cfg` is not used."""
+        the TaskModel interface; `decode_cfg` and `rng` are not used."""
         from slm_jax.models.ctc import greedy_ctc
         logits, mask = self.module.apply({"params": params}, batch["features"], batch["feature_mask"])
         best = jnp.max(jax.nn.log_softmax(logits), axis=-1)
