@@ -26,7 +26,7 @@ test: setup
 	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 demo: setup
-	$(PY) -m slm_jax.main --gin_file=$(GIN) $(ARGS)
+	$(PY) -m slm_jax.demo --gin_file=$(GIN) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

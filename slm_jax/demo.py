@@ -1,177 +1,317 @@
 """The embedded default (`make demo`): the SLM paper in miniature, from nothing to a report.
 
-Stages (each cached: a finished stage is skipped when the demo is run again):
+    python -m slm_jax.demo --gin_file=gin/runs/demo.gin [--gin.DemoConfig.NAME=VALUE ...]
+
+Stages (each cached under DemoConfig.run_dir: a finished stage is skipped when run again):
   1. data     the spoken_world corpus (espeak-ng, 4 languages) and the world vocabulary
   2. llm      a small mT5-style LLM pretrained on the world's text: span corruption plus text
-              instruction tuning (mT0-like) -> llm.msgpack            (gin/runs/demo_llm.gin)
-  3. encoder  a small Conformer pretrained with CTC on spoken_world ASR
-              -> encoder.msgpack                                         (gin/runs/demo_encoder.gin)
+              instruction tuning (mT0-like) -> llm.msgpack              (gin/runs/demo_llm.gin)
+  3. encoder  a small Conformer pretrained with CTC on spoken_world ASR -> encoder.msgpack
+                                                                          (gin/runs/demo_encoder.gin)
   4. slm      both frozen; only the adapter trains, on the ASR + AST mixture, for each adapter
-              depth in `depths`, reading the frozen encoder's outputs from a feature cache
-              built once for all depths                                  (gin/runs/demo_slm.gin)
-  5. report   report.md + PNG plots: ASR WER / AST BLEU for SLM (per depth), the cascade
-              (CTC ASR -> text LLM) and the text-input upper bound; zero-shot instruction
-              following on speech vs text; contextual biasing with and without the bias list;
-              the frozen LLM's text scores before and after SLM training; real human speech
-              (FSDD digits); the trainable fraction of parameters.
-Every stage is an ordinary `slm_jax.main` run whose gin file can be used on its own.
+              depth, reading the frozen encoder's outputs from a feature cache built once for
+              all depths                                                 (gin/runs/demo_slm.gin)
+  5. report   report.md + PNG plots (slm_jax/demo_report.py): ASR WER / AST BLEU for SLM (per
+              depth), the cascade (CTC ASR -> text LLM) and the text-input upper bound;
+              zero-shot instruction following on speech vs text; contextual biasing with and
+              without the bias list; the frozen LLM's text scores before and after SLM
+              training; real human speech (FSDD digits); the trainable fraction of parameters.
+Each stage runs the train / eval libraries under its own gin file (which also works alone with
+`python -m slm_jax.main`), plus DemoConfig's bindings for that stage.
 """
 
 from __future__ import annotations
 
-import hashlib
+import sys
+
+if __name__ == "__main__":
+    # run the module as imported under its package name, so gin registers each configurable
+    # once (not also as __main__.*)
+    from slm_jax.demo import main as _entry
+    _entry()
+    sys.exit(0)
+
+import contextlib
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import flax.linen as nn
 import gin
+import seqio
 
-import slm_jax.feature_cache  # noqa: F401  (registers @cached_batches for the adapter stage)
+from slm_jax import configs  # noqa: F401  (registers the model configs with gin)
+from slm_jax import demo_baselines, demo_report, eval_lib, gin_utils, train_lib
+from slm_jax.checkpoints.params_io import load_params
+from slm_jax.fingerprint import hash_path
+from slm_jax.models.slm import param_counts
+from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
-LANGS = ("en", "fr", "de", "es")
-AST_PAIRS = ("fr_en", "de_en", "es_en", "en_fr", "en_de", "en_es")
-INSTRUCT = ("qa", "digits", "compare", "add")
+LLM_GIN, ENCODER_GIN, SLM_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin", "gin/runs/demo_slm.gin"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The demo's own settings. Step counts and model sizes live in the stage gin files;
+    `*_bindings` add gin bindings to one stage (e.g. "RunConfig.train_steps = 400"),
+    `bindings` to every stage.
+    eval_split: the spoken_world split scored ("test": held-out voices); FSDD is always "test".
+    eval_examples: score each task's first N utterances (None: all).
+    fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent)."""
+    run_dir: str = "runs/demo"
+    world: str = "demo"
+    depths: Sequence[int] = (0, 1, 2, 4)
+    main_depth: int = 2
+    eval_examples: int | None = None
+    eval_split: str = "test"
+    fsdd: bool = True
+    llm_bindings: Sequence[str] = ()
+    encoder_bindings: Sequence[str] = ()
+    slm_bindings: Sequence[str] = ()
+    bindings: Sequence[str] = ()
+
+    def __post_init__(self):
+        if self.main_depth not in self.depths:
+            raise ValueError(f"DemoConfig.main_depth {self.main_depth} is not one of DemoConfig.depths {list(self.depths)}")
 
 
 _T0 = time.time()
 
 
-def _log(msg: str) -> None:
-    """Progress line with the time since the demo module was loaded (the run's start)."""
+def log(msg: str) -> None:
+    """Progress line with the time since the demo started."""
     m, sec = divmod(int(time.time() - _T0), 60)
     print(f"[demo {m:02d}:{sec:02d}] {msg}", flush=True)
 
 
-def _sha(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+def sha16(path: str) -> str:
+    return hash_path(path)[:16]
 
 
 class Demo:
-    """Runs the stages with their gin files plus bindings; caches results as JSON files."""
+    """Runs the stages under their gin files plus bindings; caches results as JSON files."""
 
-    def __init__(self, run_dir: str, world: str, steps: dict, extra: Sequence[str], eval_examples: int | None,
-                 eval_split: str = "test", fsdd: bool = True):
-        self.dir = os.path.abspath(run_dir)
-        self.world, self.steps, self.extra, self.eval_examples = world, steps, list(extra), eval_examples
-        self.eval_split = eval_split   # of the spoken_world tasks; FSDD has only "test"
-        self.fsdd = fsdd               # evaluate on the FSDD real-speech digits (when present)
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.dir = os.path.abspath(cfg.run_dir)
         os.makedirs(self.dir, exist_ok=True)
         self.llm_path = os.path.join(self.dir, "llm.msgpack")
         self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
-        self.encoder_task = self.task("asr")   # CTC targets: the world's pieces, all languages
+        self.cache_dir = os.path.join(self.dir, "feature_cache")
+        self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
 
     def task(self, suffix: str) -> str:
-        return f"spoken_world_{self.world}_{suffix}"
+        return demo_report.task_name(self.cfg.world, suffix)
 
-    def main(self, gin_file: str, *bindings: str) -> Any:
-        from slm_jax import main
-        return main.main([f"--gin_file={gin_file}", *bindings, *self.extra])
+    @contextlib.contextmanager
+    def stage(self, gin_file: str, *bindings: str) -> Iterator[None]:
+        """The gin config of one stage: its file, then `bindings`, then DemoConfig.bindings."""
+        with gin_utils.scoped_config([gin_file], [*bindings, *self.cfg.bindings]):
+            yield
 
     def result_path(self, name: str) -> str:
         return os.path.join(self.dir, "results", f"{name}.json")
 
-    def cached(self, name: str, fn) -> Any:
+    def cached(self, name: str, fn: Callable[[], Any]) -> Any:
         path = self.result_path(name)
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
         t0 = time.time()
         out = fn()
-        _log(f"{name}: done in {time.time() - t0:.0f} s")
+        log(f"{name}: done in {time.time() - t0:.0f} s")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(out, f, indent=1)
         return out
 
+    # ------------------------------------------------------------------ stage configs
+    def llm_stage(self):
+        return self.stage(LLM_GIN, f"RunConfig.run_dir = '{self.dir}/llm'", f"TrainConfig.export_to = '{self.llm_path}'",
+                          *self.cfg.llm_bindings)
+
+    def encoder_stage(self):
+        return self.stage(ENCODER_GIN, f"RunConfig.run_dir = '{self.dir}/encoder'",
+                          f"TrainConfig.train_task = '{self.task('asr')}'",
+                          f"TrainConfig.export_to = '{self.encoder_path}'", *self.cfg.encoder_bindings)
+
+    def slm_stage(self, depth: int, *bindings: str, run_dir: str | None = None):
+        """Depth `depth`'s SLM run: both foundations frozen, the adapter reading the feature cache."""
+        return self.stage(SLM_GIN, f"RunConfig.run_dir = '{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
+                          f"ADAPTER_LAYERS = {depth}", f"RunConfig.llm_checkpoint = '{self.llm_path}'",
+                          f"RunConfig.speech_encoder_checkpoint = '{self.encoder_path}'",
+                          f"TrainConfig.train_task = '{self.task('asr_ast')}'",
+                          f"TrainConfig.feature_cache_dir = '{self.cache_dir}'", *self.cfg.slm_bindings, *bindings)
+
+    def eval_config(self, split: str | None = None) -> eval_lib.EvalConfig:
+        """The SLM stage's EvalConfig (build it inside `slm_stage`) on the demo's bounded sample."""
+        return dataclasses.replace(eval_lib.EvalConfig(), split=split or self.cfg.eval_split,
+                                   max_examples=self.cfg.eval_examples)
+
     # ------------------------------------------------------------------ stages
     def data(self) -> None:
         from tasks import spoken_world, vocab
         t0 = time.time()
-        spoken_world.prepare(spoken_world.CONFIGS[self.world])
+        spoken_world.prepare(spoken_world.CONFIGS[self.cfg.world])
         vocab.get_vocabulary()
-        _log(f"data ready: spoken_world/{self.world} ({time.time() - t0:.0f} s)")
+        log(f"data ready: spoken_world/{self.cfg.world} ({time.time() - t0:.0f} s)")
 
-    def llm(self) -> None:
-        if os.path.exists(self.llm_path):
-            _log(f"llm: cached ({self.llm_path})")
+    def train_foundation(self, name: str, path: str, stage: Callable) -> None:
+        """Train the `name` foundation under `stage`'s config unless its export `path` exists."""
+        if os.path.exists(path):
+            log(f"{name}: cached ({path})")
             return
-        self.main("gin/runs/demo_llm.gin", f"--gin.run.run_dir='{self.dir}/llm'",
-                  f"--gin.train.train_steps={self.steps['llm']}", f"--gin.train.export_to='{self.llm_path}'")
+        with stage():
+            train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
 
-    def encoder(self) -> None:
-        if os.path.exists(self.encoder_path):
-            _log(f"encoder: cached ({self.encoder_path})")
-            return
-        self.main("gin/runs/demo_encoder.gin", f"--gin.run.run_dir='{self.dir}/encoder'",
-                  f"--gin.train.train_task='{self.encoder_task}'", f"--gin.train.train_steps={self.steps['encoder']}",
-                  f"--gin.train.export_to='{self.encoder_path}'")
-
-    def slm_bindings(self, depth: int, run_dir: str | None = None) -> list[str]:
-        return [f"--gin.run.run_dir='{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
-                f"--gin.ADAPTER_LAYERS={depth}", f"--gin.setup.llm_checkpoint='{self.llm_path}'",
-                f"--gin.setup.speech_encoder_checkpoint='{self.encoder_path}'"]
-
-    def cache_bindings(self) -> list[str]:
-        """Adapter training reads the frozen encoder's outputs from a feature cache
-        (slm_jax/feature_cache.py: exact, ~2x faster steps), built once here for every depth:
-        the cache depends on the encoder and the adapter's stride, not on its depth. Returns the
-        bindings that point `train` at it."""
-        task = self.task("asr_ast")
-        bindings = ["--gin.train.input_fn=@cached_batches", f"--gin.train.train_task='{task}'",
-                    f"--gin.cached_batches.cache_dir='{os.path.join(self.dir, 'feature_cache')}'"]
-        from slm_jax import feature_cache
+    def feature_cache(self) -> None:
+        """The frozen encoder's outputs for the adapter's training mixture, built once for every
+        depth (they depend on the encoder and the adapter's stride, not on its depth)."""
         t0 = time.time()
-        manifest = feature_cache.main(["--gin_file=gin/runs/demo_slm.gin", *self.slm_bindings(0), *bindings,
-                                       *self.extra])
-        _log(f"feature cache: {manifest['count']} examples of {task} ({time.time() - t0:.0f} s)")
-        return bindings
+        with self.slm_stage(self.cfg.depths[0]):
+            manifest = train_lib.build_feature_cache(train_lib.RunConfig(), train_lib.TrainConfig())
+        log(f"feature cache: {manifest['count']} examples of {self.task('asr_ast')} ({time.time() - t0:.0f} s)")
 
-    def slm(self, depth: int, cache_bindings: Sequence[str]) -> dict:
+    def train_slm(self, depth: int) -> dict:
         def train():
-            return self.main("gin/runs/demo_slm.gin", *self.slm_bindings(depth), *cache_bindings,
-                             f"--gin.train.train_steps={self.steps['slm']}")
+            with self.slm_stage(depth):
+                return train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
         return self.cached(f"train_slm_depth{depth}", train)
 
-    def eval_slm(self, depth: int, tasks: list[str], tag: str, untrained: bool = False,
+    def eval_slm(self, depth: int, tasks: Sequence[str], tag: str, untrained: bool = False,
                  split: str | None = None) -> dict:
-        run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
-        limit = [f"--gin.evaluate.max_examples={self.eval_examples}"] if self.eval_examples else []
-        return self.cached(f"eval_{tag}", lambda: self.main(
-            "gin/runs/demo_slm.gin", *self.slm_bindings(depth, run_dir), "--gin.run.mode='eval'",
-            f"--gin.evaluate.eval_tasks={tasks}", f"--gin.evaluate.tag='_{tag}'",
-            f"--gin.evaluate.split='{split or self.eval_split}'", *limit))
+        def evaluate():
+            run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
+            with self.slm_stage(depth, run_dir=run_dir):
+                cfg = dataclasses.replace(self.eval_config(split), eval_tasks=list(tasks), tag=f"_{tag}")
+                return eval_lib.evaluate_run(train_lib.RunConfig(), cfg, self.eval_data)
+        return self.cached(f"eval_{tag}", evaluate)
+
+    # ------------------------------------------------------------------ baselines
+    def llm_model(self):
+        with self.llm_stage():
+            return train_lib.RunConfig().model
+
+    def text_scores(self) -> dict:
+        """The LLM foundation on text inputs (the upper bound of speech input), every eval task."""
+        model, params = self.llm_model(), load_params(self.llm_path)
+        with self.slm_stage(self.cfg.main_depth):
+            out = demo_baselines.text_scores(model, params, self.eval_task_names(), self.eval_config())
+        log("LLM text scores: " + ", ".join(f"{k.split('_', 3)[-1]}={list(v.values())[0]:.3g}" for k, v in out.items()))
+        return out
+
+    def cascade_scores(self) -> dict:
+        """CTC ASR -> text LLM on the utterances the SLM is scored on; the CTC model and head are
+        the encoder stage's last checkpoint."""
+        with self.encoder_stage():
+            s = train_lib.setup(train_lib.RunConfig())
+            try:
+                ctc_params = s.params(s.restore()[0])
+            finally:
+                s.checkpointer.close()
+        ctc_vocab = seqio.get_mixture_or_task(self.task("asr")).output_features["targets"].vocabulary
+        llm, llm_params = self.llm_model(), load_params(self.llm_path)
+        with self.slm_stage(self.cfg.main_depth):
+            return demo_baselines.cascade_scores(s.model, ctc_params, ctc_vocab, llm, llm_params,
+                                                 self.eval_task_names(), self.eval_config(), self.eval_data)
+
+    def param_counts(self) -> dict:
+        with self.slm_stage(self.cfg.main_depth):
+            return param_counts(nn.meta.unbox(train_lib.RunConfig().model.abstract_params()))
+
+    def eval_task_names(self) -> list[str]:
+        return ([self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
+                + [self.task(n) for n in INSTRUCT] + [self.task(f"biasing_{lang}") for lang in LANGS])
+
+    def register_nolist_tasks(self) -> list[str]:
+        """"Without the bias list": the plain ASR instruction on exactly the biasing tasks' utterances."""
+        from tasks import asr, common
+        names = []
+        for lang in LANGS:
+            name = self.task(f"biasing_nolist_{lang}")
+            biasing = seqio.get_mixture_or_task(self.task(f"biasing_{lang}")).source
+            plain = asr.asr_maker(lang)
+            common.register_task(name, biasing.corpus, (lambda mk, pl: lambda r: pl(r) if mk(r) else None)(
+                biasing.make, plain), common.METRICS["asr"], replace=True)
+            names.append(name)
+        return names
+
+    # ------------------------------------------------------------------ report
+    def evaluations(self, nolist: Sequence[str], fsdd_tasks: Sequence[str]) -> dict:
+        """Every system's scores (each cached as results/<name>.json)."""
+        depths, main = self.cfg.depths, self.cfg.main_depth
+        asr_ast = [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
+        zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
+                                  + [self.task(f"biasing_{lang}") for lang in LANGS] + list(nolist), "zeroshot")
+        if fsdd_tasks:   # real speech: its only split is "test"
+            zero_shot = {**zero_shot, **self.eval_slm(main, fsdd_tasks, "fsdd", split="test")}
+        return {"per_depth": {str(d): self.eval_slm(d, asr_ast, f"depth{d}") for d in depths},
+                "zero_shot": zero_shot,
+                "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
+                                           untrained=True),
+                "cascade": self.cached("cascade", self.cascade_scores),
+                "text_after": self.cached("llm_text_after", self.text_scores)}
+
+    def report(self, train_results: dict, text_before: dict, llm_sha_before: str) -> dict:
+        nolist = self.register_nolist_tasks()
+        fsdd_tasks = [n for n in ("fsdd_asr_en", "fsdd_digits") if self.cfg.fsdd and n in seqio.TaskRegistry.names()]
+        rep = self.evaluations(nolist, fsdd_tasks)
+        rep.update(text_before=text_before, llm_sha=[llm_sha_before, sha16(self.llm_path)],
+                   param_counts=self.cached("param_counts", self.param_counts),
+                   train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves())
+        rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
+                       "depths": list(self.cfg.depths), "main_depth": self.cfg.main_depth, "nolist_tasks": nolist,
+                       "fsdd_tasks": fsdd_tasks, "fsdd_note": "DemoConfig.fsdd = False." if not self.cfg.fsdd
+                       else "FSDD not found (../shared/data/fsdd)."}
+        with open(os.path.join(self.dir, "results", "report.json"), "w") as f:
+            json.dump(rep, f, indent=1)
+        md = demo_report.markdown(rep)
+        with open(os.path.join(self.dir, "report.md"), "w") as f:
+            f.write(md)
+        demo_report.plots(rep, self.dir)
+        print(md, flush=True)
+        return rep
+
+    def train_curves(self) -> dict[str, list[list[float]]]:
+        """(step, loss) rows of each adapter's train_metrics.jsonl."""
+        out = {}
+        for depth in self.cfg.depths:
+            path = os.path.join(self.dir, f"slm_depth{depth}", "train_metrics.jsonl")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out[str(depth)] = [[r["step"], r["loss"]] for r in map(json.loads, f)]
+        return out
 
 
-@gin.configurable
-def run_demo(run_dir: str, *, world: str = "demo", llm_steps: int = 1400, encoder_steps: int = 1200,
-             slm_steps: int = 1000, depths: Sequence[int] = (0, 1, 2, 4), main_depth: int = 2,
-             eval_examples: int | None = None, eval_split: str = "test", fsdd: bool = True,
-             extra_bindings: Sequence[str] = ()) -> dict:
-    """All stages, then the report. Returns the report's numbers (also in results/report.json).
-    eval_split: the spoken_world split scored ("test": held-out voices; FSDD is always "test").
-    fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent)."""
-    from slm_jax import demo_report
+def run_demo(cfg: DemoConfig) -> dict:
+    """All stages, then the report. Returns the report's numbers (also in results/report.json)."""
     t0 = time.time()
-    d = Demo(run_dir, world, {"llm": llm_steps, "encoder": encoder_steps, "slm": slm_steps}, extra_bindings,
-             eval_examples, eval_split, fsdd)
-    _log(f"stage 1/5 data ({world})")
+    d = Demo(cfg)
+    log(f"stage 1/5 data ({cfg.world})")
     d.data()
-    _log("stage 2/5 LLM foundation (text pretraining + instruction tuning)")
-    d.llm()
-    llm_sha_before = _sha(d.llm_path)
-    text_before = d.cached("llm_text_before", lambda: demo_report.text_scores(d))
-    _log("stage 3/5 speech encoder foundation (CTC)")
-    d.encoder()
-    _log(f"stage 4/5 SLM adapters, depths {list(depths)}")
-    todo = [depth for depth in depths if not os.path.exists(d.result_path(f"train_slm_depth{depth}"))]
-    cache = d.cache_bindings() if todo else []
+    log("stage 2/5 LLM foundation (text pretraining + instruction tuning)")
+    d.train_foundation("llm", d.llm_path, d.llm_stage)
+    llm_sha_before = sha16(d.llm_path)
+    text_before = d.cached("llm_text_before", d.text_scores)
+    log("stage 3/5 speech encoder foundation (CTC)")
+    d.train_foundation("encoder", d.encoder_path, d.encoder_stage)
+    log(f"stage 4/5 SLM adapters, depths {list(cfg.depths)}")
+    if any(not os.path.exists(d.result_path(f"train_slm_depth{depth}")) for depth in cfg.depths):
+        d.feature_cache()
     train_results = {}
-    for depth in depths:
-        _log(f"  adapter depth {depth}")
-        train_results[depth] = d.slm(depth, cache)
-    _log("stage 5/5 evaluation and report")
-    report = demo_report.build(d, depths, main_depth, train_results, text_before, llm_sha_before)
-    _log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")
+    for depth in cfg.depths:
+        log(f"  adapter depth {depth}")
+        train_results[depth] = d.train_slm(depth)
+    log("stage 5/5 evaluation and report")
+    report = d.report(train_results, text_before, llm_sha_before)
+    log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")
     return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse flags into gin, build the DemoConfig once, run the demo."""
+    gin_utils.parse_argv(argv)
+    return run_demo(DemoConfig())

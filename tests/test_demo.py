@@ -26,8 +26,8 @@ WER_BOUND = 0.95          # quick run, 400 adapter steps (seen: 0.60; with 300, 
 def _run(run_dir, timeout):
     """The demo as a user runs it: a fresh process with one CPU device (not the tests' 8)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/runs/demo_quick.gin",
-           f"--gin.run.run_dir='{run_dir}'"]
+    cmd = [sys.executable, "-m", "slm_jax.demo", "--gin_file=gin/runs/demo_quick.gin",
+           f"--gin.DemoConfig.run_dir='{run_dir}'"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout

@@ -1,0 +1,94 @@
+"""The demo's baselines beside the SLM: the LLM foundation on the text of each utterance (the
+upper bound of speech input), and the cascade (the speech encoder's CTC ASR -> the text LLM),
+on the utterances the SLM is scored on."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import seqio
+
+from slm_jax import metrics
+from slm_jax.data import pad_rows
+from slm_jax.eval_lib import EvalConfig, EvalDataCache, score, tokens_to_text
+from slm_jax.task_model import CTCTaskModel, EncDecTaskModel
+from tasks.llm_text import pad_ids
+
+TEXT_INPUT_LEN = 96     # LLM input tokens: transcript + instruction
+TEXT_BATCH = 64
+
+
+def text_examples(task_name: str, split: str, limit: int | None = None) -> list[tuple[str, str, str]]:
+    """(text, instruction, target) of a speech task's records, with the text in place of speech,
+    in the order the speech pipeline reads the split (the corpus's unshuffled `load`, which
+    need not be the listing's order): the first `limit` are the utterances that a bounded speech
+    evaluation (EvalConfig.max_examples) scores."""
+    src = seqio.get_mixture_or_task(task_name).source
+    records = {r["id"]: r for r in src.corpus.records(split)}
+    ids = src.corpus.load(split, shuffle=False, seed=None, shard_info=None).map(lambda ex: ex["id"])
+    out = []
+    for i in ids.as_numpy_iterator():
+        r = records[i.decode()]
+        ex = src.make(r)
+        if ex:
+            out.append((r["text"], ex[0], ex[1]))
+            if limit and len(out) == limit:
+                break
+    return out
+
+
+def decode_text(model: EncDecTaskModel, params: Any, inputs: Sequence[Sequence[int]], vocab: seqio.Vocabulary,
+                cfg: EvalConfig) -> list[str]:
+    """The LLM's output text for token-id inputs (cfg.decode), in batches of TEXT_BATCH."""
+    out = []
+    for i in range(0, len(inputs), TEXT_BATCH):
+        chunk = list(inputs[i:i + TEXT_BATCH])
+        x = pad_ids(chunk + [[model.eos_id]] * (TEXT_BATCH - len(chunk)), TEXT_INPUT_LEN)
+        tokens, _ = model.predict_batch(params, {"encoder_input_tokens": x}, cfg.decode)
+        out += [tokens_to_text(vocab, t, model.eos_id) for t in np.asarray(tokens)[:len(chunk)]]
+    return out
+
+
+def text_scores(model: EncDecTaskModel, params: Any, names: Iterable[str], cfg: EvalConfig) -> dict:
+    """The LLM on text inputs (transcript + instruction) for every task of `names`, scored with
+    the task's metrics on cfg.split's first cfg.max_examples utterances."""
+    out = {}
+    for name in names:
+        vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+        exs = text_examples(name, cfg.split, limit=cfg.max_examples)
+        preds = decode_text(model, params, [vocab.encode(t) + vocab.encode(i) for t, i, _ in exs], vocab, cfg)
+        out[name] = score(name, [g for _, _, g in exs], preds)
+    return out
+
+
+def full_width(batch: dict, rows: int, frames: int) -> dict:
+    """A batch padded to `rows` rows and `frames` speech frames (zeros, mask 0): one compiled
+    CTC program for every length bucket."""
+    batch = pad_rows(batch, rows)
+    pad = frames - batch["features"].shape[1]
+    return {**batch, "features": np.pad(batch["features"], ((0, 0), (0, pad), (0, 0))),
+            "feature_mask": np.pad(batch["feature_mask"], ((0, 0), (0, pad)))}
+
+
+def cascade_scores(ctc: CTCTaskModel, ctc_params: Any, ctc_vocab: seqio.Vocabulary, llm: EncDecTaskModel,
+                   llm_params: Any, names: Iterable[str], cfg: EvalConfig, data: EvalDataCache) -> dict:
+    """CTC ASR of the speech encoder (decoded to text with its training task's vocabulary) ->
+    the text LLM with the task's instruction, on the batches an SLM evaluation with `cfg` scores
+    (taken from `data`). ASR tasks also get the CTC transcripts' own WER (ctc_wer)."""
+    out = {}
+    for name in names:
+        vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+        inputs, targets, asr = [], [], []
+        for batch in data.batches(name, cfg):
+            n = batch["features"].shape[0]
+            ids = np.asarray(ctc.predict_batch(ctc_params, full_width(batch, cfg.batch_size,
+                                                                      cfg.feature_lengths["speech"]))[0])[:n]
+            for row, inst, tgt in zip(ids, batch["instruction_tokens"], batch["decoder_target_tokens"]):
+                asr.append(ctc_vocab.decode([int(t) for t in row if t > 0]))   # CTC's text, re-tokenised for the LLM
+                inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
+                targets.append(tokens_to_text(vocab, tgt, llm.eos_id))
+        out[name] = score(name, targets, decode_text(llm, llm_params, inputs, vocab, cfg))
+        if "_asr_" in name:
+            out[name]["ctc_wer"] = metrics.wer(targets, asr)
+    return out
