@@ -3,9 +3,9 @@
     python -m slm_jax.sweep --gin_file=gin/models/tiny.gin --gin_file=gin/runs/sweep_example.gin \\
         --gin.sweep.run_dir="'runs/demo'" [--gin.sweep.max_points=2]
 
-A *point* is a dict of gin bindings ("DecodeConfig.beam_size": 4, "evaluate.max_examples": 100,
+A *point* is a dict of gin bindings ("DecodeConfig.beam_size": 4, "EvalConfig.max_examples": 100,
 ...) plus three special keys:
-    task            one task name (or a list) -> evaluate.eval_tasks
+    task            one task name (or a list) -> EvalConfig.eval_tasks
     checkpoint_dir  a training run dir whose checkpoints/ are evaluated (default: sweep.checkpoint_dir,
                     else run_dir)
     step            the checkpoint step to restore (default: the latest one)
@@ -14,14 +14,16 @@ A grid value that is a dict sets several bindings together (e.g. method=beam wit
 otherwise the axis name is the binding: {"task": ["a", "b"], "DecodeConfig.alpha": [0.0, 0.6]}.
 String values starting with "@" or "%" are gin references / macros, passed unquoted.
 
-Each point runs `slm_jax.main.evaluate` under its own gin config: the config the sweep started
-with is re-parsed per point (clear + parse of `gin.config_str()`), then `base_bindings`, then the
-point's bindings, so nothing leaks from one point to the next. Points that differ only in
-evaluation settings (evaluate.*, DecodeConfig.*, get_batches.*, task, step) share one set-up:
-the model, mesh and frozen foundation weights are built and loaded once.
+Each point is evaluated with `eval_lib.evaluate` under its own gin config: the config the sweep
+started with (`gin.config_str()`), then `base_bindings`, then the point's bindings, so nothing
+leaks from one point to the next. Its `RunConfig` (run_dir: the checkpoint dir) and `EvalConfig`
+(with its DecodeConfig) are built under that config. Points that differ only in evaluation
+settings (EvalConfig.*, DecodeConfig.*, get_batches.*, task, step) share one `train_lib.setup`:
+the model, mesh and frozen foundation weights are built and loaded once. Bounded eval samples
+(EvalConfig.max_examples) are read once per sweep.
 
 State lives in run_dir/sweep/: `<key>.json` per finished point (key: a stable hash of the point's
-bindings, base_bindings and an explicit checkpoint_dir) and `<key>/` with its predictions. A
+bindings, base_bindings and an explicit checkpoint_dir) and `<key>/eval/` with its predictions. A
 killed sweep re-run with the same definition evaluates only the missing points. The key does not
 cover the gin files: after changing the model or data config, use a new run_dir or delete
 run_dir/sweep. A point without `step` is evaluated at the latest checkpoint of the time it ran
@@ -40,6 +42,7 @@ if __name__ == "__main__":
     _main()
     raise SystemExit(0)
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -47,21 +50,20 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 
-from slm_jax import main as main_lib
-from slm_jax.task_model import DecodeConfig
+from slm_jax import configs  # noqa: F401  (registers the model configs with gin)
+from slm_jax import eval_lib, gin_utils, train_lib
 
 SPECIAL_KEYS = ("task", "checkpoint_dir", "step")
 # Bindings that do not change the model / mesh / loaded weights: points differing only in these
 # share one set-up.
-EVAL_ONLY_PREFIXES = ("evaluate.", "DecodeConfig.", "get_batches.", "sweep.")
+EVAL_ONLY_PREFIXES = ("EvalConfig.", "DecodeConfig.", "get_batches.", "sweep.")
 # Metrics left out of the plot by default (bookkeeping, not quality).
 NOT_PLOTTED = ("num_examples",)
 
@@ -109,7 +111,7 @@ def point_bindings(point: Mapping[str, Any]) -> list[str]:
     out = [f"{k} = {_gin_value(v)}" for k, v in sorted(point.items()) if k not in SPECIAL_KEYS]
     if "task" in point:
         tasks = [point["task"]] if isinstance(point["task"], str) else list(point["task"])
-        out.append(f"evaluate.eval_tasks = {tasks!r}")
+        out.append(f"EvalConfig.eval_tasks = {tasks!r}")
     return out
 
 
@@ -151,19 +153,22 @@ def _setup_key(point: Mapping[str, Any], checkpoint_dir: str) -> tuple:
 
 # ----------------------------------------------------------------------------- gin per point
 
-def _parse_point_config(base_config: str, bindings: Sequence[str]) -> None:
+def _parse(base_config: str, bindings: Sequence[str]) -> None:
     with gin.unlock_config():
         gin.clear_config()
         gin.parse_config(base_config)
         gin.parse_config(list(bindings))
 
 
-def _bound(name: str) -> bool:
+@contextlib.contextmanager
+def point_config(base_config: str, bindings: Sequence[str]) -> Iterator[None]:
+    """Inside the block: gin config `base_config` (a `gin.config_str()`) plus `bindings`;
+    after it: `base_config` alone."""
     try:
-        gin.query_parameter(name)
-        return True
-    except ValueError:
-        return False
+        _parse(base_config, bindings)
+        yield
+    finally:
+        _parse(base_config, [])
 
 
 # ----------------------------------------------------------------------------- state files
@@ -200,6 +205,143 @@ def _broadcast_done(done: list[bool]) -> list[bool]:
 
 # ----------------------------------------------------------------------------- the runner
 
+class SetupCache:
+    """The `train_lib.Setup` of the current set-up key (closed and rebuilt when the key changes)
+    and the trainable params of the step restored last."""
+
+    def __init__(self):
+        self.key = self.setup = self.step = self.trainable = None
+
+    def get(self, key: tuple, checkpoint_dir: str) -> train_lib.Setup:
+        """The set-up for `key`; a new one is built under the current gin config."""
+        if self.key != key:
+            self.close()
+            self.setup = train_lib.setup(train_lib.RunConfig(run_dir=checkpoint_dir))
+            self.key = key
+        return self.setup
+
+    def restore(self, step: int | None, what: str) -> tuple[Any, int]:
+        """(trainable params, step) of the current set-up at `step` (default: the latest; the
+        initial params and step 0 when there is no checkpoint)."""
+        s = self.setup
+        step = s.checkpointer.latest_step() if step is None else step
+        if step is None:
+            print(f"[sweep] {s.run.run_dir} has no checkpoint: evaluating the initial parameters (step 0)", flush=True)
+            return s.restore()
+        if self.step != step:
+            available = sorted(s.checkpointer.manager.all_steps())
+            if step not in available:
+                raise ValueError(f"{what}: no checkpoint step {step} in {s.checkpointer.directory} (has {available})")
+            self.trainable, self.step = s.restore(step)[0], step
+        return self.trainable, step
+
+    def close(self) -> None:
+        if self.setup is not None:
+            self.setup.checkpointer.close()
+        self.key = self.setup = self.step = self.trainable = None
+
+
+@dataclasses.dataclass
+class SweepContext:
+    """What evaluating a point needs besides the point: where state goes, the gin config the
+    sweep started with, the bindings every point gets, the default checkpoint dir, the set-up in
+    use and the sweep's eval data cache."""
+    state_dir: str
+    base_config: str
+    base_bindings: list[str]
+    checkpoint_dir: str
+    setups: SetupCache = dataclasses.field(default_factory=SetupCache)
+    data: eval_lib.EvalDataCache = dataclasses.field(default_factory=eval_lib.EvalDataCache)
+
+    def checkpoint_dir_of(self, point: Mapping[str, Any]) -> str:
+        return point.get("checkpoint_dir") or self.checkpoint_dir
+
+
+def collect_points(points: Sequence[Mapping[str, Any]] | None, grid: Mapping[str, Sequence[Any]] | None,
+                   base_bindings: Sequence[str], checkpoint_dir: str | None) -> tuple[list[dict], list[str]]:
+    """The sweep's points (from exactly one of points / grid), each checked, and their keys."""
+    if (points is None) == (grid is None):
+        raise ValueError("sweep: give exactly one of sweep.points (a list of dicts) or sweep.grid (a dict of lists)")
+    all_points = [dict(p) for p in points] if points is not None else expand_grid(grid)
+    if not all_points:
+        raise ValueError("sweep: no points")
+    for p in all_points:
+        check_point(p)
+    keys = [point_key(p, base_bindings, checkpoint_dir) for p in all_points]
+    dup = [k for k in set(keys) if keys.count(k) > 1]
+    if dup:
+        raise ValueError(f"sweep: identical points: {[all_points[keys.index(k)] for k in dup]}")
+    return all_points, keys
+
+
+def check_bindings_parse(base_config: str, base_bindings: Sequence[str], all_points: Sequence[dict]) -> None:
+    """Every point's bindings must parse before hours of evaluation start."""
+    for p in all_points:
+        try:
+            with point_config(base_config, [*base_bindings, *point_bindings(p)]):
+                pass
+        except Exception as e:
+            raise ValueError(f"sweep: point {p} does not parse as gin bindings: {e}") from e
+
+
+def plan(ctx: SweepContext, all_points: Sequence[dict], keys: Sequence[str],
+         records: Mapping[str, dict | None]) -> tuple[list[str], list[tuple[str, dict]]]:
+    """(keys of the finished points, as process 0 sees them; the other (key, point)s, grouped by
+    set-up in order of each set-up's first point, sweep order within a group)."""
+    done = _broadcast_done([records[k] is not None for k in keys])
+    skipped = [k for k, d in zip(keys, done) if d]
+    for k, p, d in zip(keys, all_points, done):
+        if d:
+            print(f"[sweep] skip {k} (finished): {point_label(p, ())}", flush=True)
+    todo = [(k, p) for k, p, d in zip(keys, all_points, done) if not d]
+    first: dict[tuple, int] = {}
+    for _, p in todo:
+        first.setdefault(_setup_key(p, ctx.checkpoint_dir_of(p)), len(first))
+    todo.sort(key=lambda kp: first[_setup_key(kp[1], ctx.checkpoint_dir_of(kp[1]))])
+    return skipped, todo
+
+
+def run_points(ctx: SweepContext, todo: Sequence[tuple[str, dict]], records: dict[str, dict | None],
+               max_points: int | None) -> list[str]:
+    """Evaluate the points of `todo` in order (at most max_points), filling `records`; returns
+    the evaluated keys. The set-up is closed and the base gin config restored on the way out."""
+    evaluated: list[str] = []
+    try:
+        for k, p in todo:
+            if max_points is not None and len(evaluated) >= max_points:
+                break
+            records[k] = evaluate_point(ctx, k, p)
+            evaluated.append(k)
+    finally:
+        ctx.setups.close()
+    return evaluated
+
+
+def evaluate_point(ctx: SweepContext, key: str, point: dict) -> dict:
+    """Evaluate one point under its gin config; predictions go to state_dir/<key>/eval/, the
+    record (returned) to state_dir/<key>.json."""
+    label = point_label(point, ())
+    print(f"[sweep] point {key}: {label}", flush=True)
+    bindings = ctx.base_bindings + point_bindings(point)
+    ckpt_dir = ctx.checkpoint_dir_of(point)
+    with point_config(ctx.base_config, bindings):
+        if not os.path.isdir(ckpt_dir):
+            raise FileNotFoundError(f"sweep point {key} ({label}): checkpoint_dir {ckpt_dir} does not exist")
+        s = ctx.setups.get(_setup_key(point, ckpt_dir), ckpt_dir)
+        trainable, step = ctx.setups.restore(point.get("step"), f"sweep point {key} ({label})")
+        cfg = eval_lib.EvalConfig()      # built here: the point's EvalConfig.* and DecodeConfig.* apply
+        point_setup = dataclasses.replace(s, run=dataclasses.replace(s.run, run_dir=os.path.join(ctx.state_dir, key)))
+        t0 = time.time()
+        results = eval_lib.evaluate(point_setup, cfg, trainable, step, ctx.data)
+    record = dict(key=key, point=point, label=point_label(point), bindings=bindings,
+                  checkpoint_dir=os.path.abspath(ckpt_dir), step=int(step), decode=dataclasses.asdict(cfg.decode),
+                  results={t: {m: float(v) for m, v in r.items()} for t, r in results.items()},
+                  seconds=time.time() - t0, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if jax.process_index() == 0:
+        _write_json(os.path.join(ctx.state_dir, f"{key}.json"), record)
+    return record
+
+
 @gin.configurable
 def sweep(run_dir: str | None = None, *, points: Sequence[Mapping[str, Any]] | None = None,
           grid: Mapping[str, Sequence[Any]] | None = None, base_bindings: Sequence[str] = (),
@@ -207,7 +349,7 @@ def sweep(run_dir: str | None = None, *, points: Sequence[Mapping[str, Any]] | N
           plot_metrics: Sequence[str] | None = None) -> dict:
     """Evaluate every point not yet finished in run_dir/sweep/, then write the results table and plot.
 
-    run_dir: where run_dir/sweep/ lives (default: the gin binding run.run_dir).
+    run_dir: where run_dir/sweep/ lives (default: the gin binding RunConfig.run_dir).
     points / grid: the points (exactly one of them; see the module docstring).
     base_bindings: gin bindings applied to every point (part of each point's key).
     checkpoint_dir: training run dir to evaluate when a point names none (default run_dir).
@@ -217,117 +359,28 @@ def sweep(run_dir: str | None = None, *, points: Sequence[Mapping[str, Any]] | N
     Returns dict(records=[...finished points in sweep order], evaluated=[keys], skipped=[keys],
     remaining=[keys], csv=, markdown=, plot= paths)."""
     if run_dir is None:
-        run_dir = gin.query_parameter("run.run_dir") if _bound("run.run_dir") else None
+        run_dir = gin_utils.query("RunConfig.run_dir")
     if not run_dir:
-        raise ValueError("sweep: set sweep.run_dir (or run.run_dir)")
-    if (points is None) == (grid is None):
-        raise ValueError("sweep: give exactly one of sweep.points (a list of dicts) or sweep.grid (a dict of lists)")
-    all_points = [dict(p) for p in points] if points is not None else expand_grid(grid)
-    if not all_points:
-        raise ValueError("sweep: no points")
-    for p in all_points:
-        check_point(p)
+        raise ValueError("sweep: set sweep.run_dir (or RunConfig.run_dir)")
     base_bindings = list(base_bindings)
-    keys = [point_key(p, base_bindings, checkpoint_dir) for p in all_points]
-    dup = [k for k in set(keys) if keys.count(k) > 1]
-    if dup:
-        raise ValueError(f"sweep: identical points: {[all_points[keys.index(k)] for k in dup]}")
+    all_points, keys = collect_points(points, grid, base_bindings, checkpoint_dir)
+    ctx = SweepContext(os.path.join(str(run_dir), "sweep"), gin.config_str(), base_bindings,
+                       checkpoint_dir or str(run_dir))
+    os.makedirs(ctx.state_dir, exist_ok=True)
+    check_bindings_parse(ctx.base_config, base_bindings, all_points)
 
-    state_dir = os.path.join(str(run_dir), "sweep")
-    os.makedirs(state_dir, exist_ok=True)
-    base_config = gin.config_str()
-    # Every point's bindings must parse before hours of evaluation start.
-    try:
-        for p in all_points:
-            _parse_point_config(base_config, base_bindings + point_bindings(p))
-    except Exception as e:
-        raise ValueError(f"sweep: point {p} does not parse as gin bindings: {e}") from e
-    finally:
-        _parse_point_config(base_config, [])
-
-    records = {k: _read_point(os.path.join(state_dir, f"{k}.json")) for k in keys}
-    done = _broadcast_done([records[k] is not None for k in keys])
-    skipped = [k for k, d in zip(keys, done) if d]
-    for k, p in zip(keys, all_points):
-        if k in skipped:
-            print(f"[sweep] skip {k} (finished): {point_label(p, ())}", flush=True)
-    todo = [(k, p) for k, p, d in zip(keys, all_points, done) if not d]
-    # Group points that share a set-up (stable within a group) so each is built once.
-    def ckpt_of(p):
-        return p.get("checkpoint_dir") or checkpoint_dir or str(run_dir)
-    first = {}
-    for k, p in todo:
-        first.setdefault(_setup_key(p, ckpt_of(p)), len(first))
-    todo.sort(key=lambda kp: first[_setup_key(kp[1], ckpt_of(kp[1]))])
+    records = {k: _read_point(os.path.join(ctx.state_dir, f"{k}.json")) for k in keys}
+    skipped, todo = plan(ctx, all_points, keys, records)
     print(f"[sweep] {len(all_points)} points: {len(skipped)} finished, {len(todo)} to evaluate"
           + (f" (at most {max_points} now)" if max_points is not None else ""), flush=True)
-
-    evaluated: list[str] = []
-    cached: dict[str, Any] = {"key": None, "setup": None, "step": None, "trainable": None}
-    try:
-        for k, p in todo:
-            if max_points is not None and len(evaluated) >= max_points:
-                break
-            records[k] = _evaluate_point(k, p, state_dir, base_config, base_bindings, ckpt_of(p), cached)
-            evaluated.append(k)
-    finally:
-        if cached["setup"] is not None:
-            cached["setup"].checkpointer.close()
-        _parse_point_config(base_config, [])
+    evaluated = run_points(ctx, todo, records, max_points)
 
     remaining = [k for k in keys if records[k] is None]
     finished = [records[k] for k in keys if records[k] is not None]
     if remaining:
         print(f"[sweep] stopped with {len(remaining)} of {len(keys)} points left; re-run to finish them", flush=True)
-    paths = write_results(state_dir, finished, plot_metrics) if jax.process_index() == 0 else {}
+    paths = write_results(ctx.state_dir, finished, plot_metrics) if jax.process_index() == 0 else {}
     return dict(records=finished, evaluated=evaluated, skipped=skipped, remaining=remaining, **paths)
-
-
-def _evaluate_point(key: str, point: dict, state_dir: str, base_config: str, base_bindings: list[str],
-                    ckpt_dir: str, cached: dict) -> dict:
-    label = point_label(point, ())
-    print(f"[sweep] point {key}: {label}", flush=True)
-    bindings = base_bindings + point_bindings(point)
-    _parse_point_config(base_config, bindings)
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"sweep point {key} ({label}): checkpoint_dir {ckpt_dir} does not exist")
-    skey = _setup_key(point, ckpt_dir)
-    if cached["key"] != skey:
-        if cached["setup"] is not None:
-            cached["setup"].checkpointer.close()
-        cached.update(key=None, setup=None, step=None, trainable=None)
-        cached.update(key=skey, setup=main_lib.setup(ckpt_dir))
-    s = cached["setup"]
-    step = point.get("step")
-    if step is None:
-        step = s.checkpointer.latest_step()
-    if step is None:
-        print(f"[sweep] {ckpt_dir} has no checkpoint: evaluating the initial parameters (step 0)", flush=True)
-        trainable, step = s.trainable, 0
-    elif cached["step"] == step:
-        trainable = cached["trainable"]
-    else:
-        available = list(s.checkpointer.manager.all_steps())
-        if step not in available:
-            raise ValueError(f"sweep point {key} ({label}): no checkpoint step {step} in "
-                             f"{s.checkpointer.directory} (has {sorted(available)})")
-        trainable = s.checkpointer.restore(s.trainer.abstract_state(), step=step).params
-        cached.update(step=step, trainable=trainable)
-    kwargs: dict[str, Any] = {}
-    decode = None
-    if not _bound("evaluate.decode"):
-        # Built here, under the point's config, so DecodeConfig.* bindings take effect.
-        decode = kwargs["decode"] = DecodeConfig()
-    t0 = time.time()
-    results = main_lib.evaluate(os.path.join(state_dir, key), setup_=s, trainable=trainable, step=step, **kwargs)
-    record = dict(key=key, point=point, label=point_label(point), bindings=bindings,
-                  checkpoint_dir=os.path.abspath(ckpt_dir), step=int(step),
-                  decode=dataclasses.asdict(decode) if decode is not None else "evaluate.decode (gin)",
-                  results={t: {m: float(v) for m, v in r.items()} for t, r in results.items()},
-                  seconds=time.time() - t0, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-    if jax.process_index() == 0:
-        _write_json(os.path.join(state_dir, f"{key}.json"), record)
-    return record
 
 
 # ----------------------------------------------------------------------------- results table and plot
@@ -425,14 +478,6 @@ def plot_results(path: str, records: Sequence[dict], metrics: Sequence[str] | No
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """python -m slm_jax.sweep --gin_file=F ... --gin.sweep.NAME=VALUE ... (same flags as slm_jax.main)."""
-    if argv is None:
-        main_lib.init_distributed()
-    files, bindings = main_lib.parse_flags(sys.argv[1:] if argv is None else argv)
-    for f in files:
-        if not os.path.isfile(f):
-            raise SystemExit(f"gin file not found: {f}")
-    gin.clear_config()
-    gin.parse_config_files_and_bindings(files, bindings)
+    """python -m slm_jax.sweep --gin_file=F ... --gin.sweep.NAME=VALUE ... (the flags of slm_jax.main)."""
+    gin_utils.parse_argv(argv)
     return sweep()
-

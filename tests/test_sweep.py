@@ -12,10 +12,10 @@ import pytest
 import seqio
 
 from helpers import FEATURE_LENGTHS, TINY_GIN, gin_tiny, register_fixed_task
-from slm_jax import main as main_lib
+from slm_jax import eval_lib, gin_utils, train_lib
 from slm_jax import sweep as sweep_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNBOUND = object()
 
 
 # ----------------------------------------------------------------------------- points and keys
@@ -34,9 +34,9 @@ def test_grid_expansion_dict_values_and_errors():
     with pytest.raises(ValueError, match="neither a gin binding"):
         sweep_lib.check_point({"beam_size": 2})
     bindings = sweep_lib.point_bindings({"task": "a", "DecodeConfig.method": "beam",
-                                         "evaluate.decode": "@DecodeConfig()"})   # a gin reference: unquoted
-    assert bindings == ["DecodeConfig.method = 'beam'", "evaluate.decode = @DecodeConfig()",
-                        "evaluate.eval_tasks = ['a']"]
+                                         "EvalConfig.decode": "@DecodeConfig()"})   # a gin reference: unquoted
+    assert bindings == ["DecodeConfig.method = 'beam'", "EvalConfig.decode = @DecodeConfig()",
+                        "EvalConfig.eval_tasks = ['a']"]
 
 
 def test_point_key_is_stable_and_covers_base_bindings():
@@ -45,20 +45,21 @@ def test_point_key_is_stable_and_covers_base_bindings():
     key = sweep_lib.point_key(a)
     assert key == sweep_lib.point_key(b) and len(key) == 12
     assert key == "32d027910901"   # the same in every process and release: finished points stay found
-    assert sweep_lib.point_key(a, ["evaluate.max_examples = 10"]) != key
+    assert sweep_lib.point_key(a, ["EvalConfig.max_examples = 10"]) != key
     assert sweep_lib.point_key(a, checkpoint_dir="/other/run") != key
     assert sweep_lib.point_key({**a, "DecodeConfig.beam_size": 3}) != key
 
 
 def test_bad_binding_fails_before_any_evaluation(tmp_path, monkeypatch):
     gin_tiny()
-    monkeypatch.setattr(main_lib, "evaluate", lambda *a, **k: pytest.fail("evaluate must not run"))
+    monkeypatch.setattr(eval_lib, "evaluate", lambda *a, **k: pytest.fail("evaluate must not run"))
     with pytest.raises(ValueError, match="does not parse"):
         sweep_lib.sweep(str(tmp_path), points=[{"DecodeConfig.method": "greedy"}, {"DecodeConfig.methd": "beam"}])
     with pytest.raises(ValueError, match="identical points"):
         sweep_lib.sweep(str(tmp_path), points=[{"task": "a"}, {"task": "a"}])
     # the base config is restored: nothing of the points leaks
-    assert gin.query_parameter("slm_jax.T5Config.num_heads") == 2 and not sweep_lib._bound("DecodeConfig.method")
+    assert gin_utils.query("slm_jax.T5Config.num_heads") == 2
+    assert gin_utils.query("DecodeConfig.method", UNBOUND) is UNBOUND
 
 
 # ----------------------------------------------------------------------------- resume logic (fakes)
@@ -73,35 +74,43 @@ class _FakeCheckpointer:
 
     def restore(self, abstract, step):
         self.log.append(("restore", step))
-        return types.SimpleNamespace(params=f"params@{step}")
+        return types.SimpleNamespace(params=f"params@{step}", step=step)
 
     def close(self):
         self.log.append(("close",))
 
 
 def test_resume_after_crash_shares_setups_and_isolates_points(tmp_path, monkeypatch):
-    """Model-free: setup/evaluate replaced by fakes to check which points run, with what."""
+    """Model-free: train_lib.setup / eval_lib.evaluate replaced by fakes to check which points run,
+    with what (the Setup is a real one around a fake checkpointer, so Setup.restore runs)."""
     gin.clear_config()
+    gin.parse_config(["RunConfig.model = 'no model'", "EvalConfig.eval_tasks = ['t']",
+                      "EvalConfig.feature_lengths = {}"])
     log = []
 
-    def fake_setup(run_dir):
-        log.append(("setup", gin.query_parameter("setup.seed") if sweep_lib._bound("setup.seed") else None))
-        return types.SimpleNamespace(checkpointer=_FakeCheckpointer(log), trainable="init",
-                                     trainer=types.SimpleNamespace(abstract_state=lambda: None))
+    def fake_setup(run):
+        assert run.run_dir == str(tmp_path)                     # the checkpoint dir: sweep.run_dir
+        log.append(("setup", run.seed))
+        return train_lib.Setup(run=run, model=None, partitioner=None,
+                               trainer=types.SimpleNamespace(abstract_state=lambda: None),
+                               trainable="init", frozen=None, checkpointer=_FakeCheckpointer(log))
 
-    def fake_evaluate(run_dir, *, setup_, trainable, step, decode):
-        log.append(("evaluate", trainable, decode.beam_size))
+    def fake_evaluate(s, cfg, trainable, step, data=None):
+        assert isinstance(data, eval_lib.EvalDataCache)
+        point_dirs.append(s.run.run_dir)                        # where its predictions go
+        log.append(("evaluate", trainable, cfg.decode.beam_size))
         if crash[0] and sum(e[0] == "evaluate" for e in log) == 2:
             raise RuntimeError("simulated kill")
-        return {"t": {"score": float(step * 10 + decode.beam_size)}}
+        return {"t": {"score": float(step * 10 + cfg.decode.beam_size)}}
 
-    monkeypatch.setattr(main_lib, "setup", fake_setup)
-    monkeypatch.setattr(main_lib, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train_lib, "setup", fake_setup)
+    monkeypatch.setattr(eval_lib, "evaluate", fake_evaluate)
     points = [{"DecodeConfig.beam_size": 1},                  # latest step (7)
               {"DecodeConfig.beam_size": 2, "step": 5},
-              {"setup.seed": 1, "DecodeConfig.beam_size": 1},   # another set-up: evaluated last
+              {"RunConfig.seed": 1, "DecodeConfig.beam_size": 1},   # another set-up: evaluated last
               {"DecodeConfig.beam_size": 3},
-              {"evaluate.max_examples": 3}]                     # default beam_size: nothing leaked
+              {"EvalConfig.max_examples": 3}]                   # default beam_size: nothing leaked
+    point_dirs = []
     crash = [True]
     with pytest.raises(RuntimeError, match="simulated kill"):
         sweep_lib.sweep(str(tmp_path), points=points)
@@ -110,10 +119,12 @@ def test_resume_after_crash_shares_setups_and_isolates_points(tmp_path, monkeypa
     assert log[-1] == ("close",)                                # the set-up is closed on the way out
 
     log.clear()
+    point_dirs.clear()
     crash[0] = False
     out = sweep_lib.sweep(str(tmp_path), points=points)
     assert len(out["skipped"]) == 1 and len(out["evaluated"]) == 4 and out["remaining"] == []
-    assert log == [("setup", None), ("restore", 5), ("evaluate", "params@5", 2),
+    assert point_dirs == [str(tmp_path / "sweep" / k) for k in out["evaluated"]]   # run_dir/sweep/<key>/
+    assert log == [("setup", 0), ("restore", 5), ("evaluate", "params@5", 2),
                    ("restore", 7), ("evaluate", "params@7", 3), ("evaluate", "params@7", 4), ("close",),
                    ("setup", 1), ("restore", 7), ("evaluate", "params@7", 1), ("close",)]
     scores = [r["results"]["t"]["score"] for r in out["records"]]
@@ -136,25 +147,28 @@ def _read_csv(path):
 def test_sweep_on_tiny_model_resumes_and_tabulates(tmp_path, monkeypatch):
     asr, cer = register_fixed_task(), register_fixed_task("test_fixed_asr_cer", "seqio_cer")
     run_dir = str(tmp_path / "run")
-    common = [f"--gin_file={TINY_GIN}", f"--gin.evaluate.feature_lengths={FEATURE_LENGTHS}",
-              "--gin.evaluate.batch_size=8", "--gin.setup.async_save=False"]
-    main_lib.main([*common, f"--gin.run.run_dir='{run_dir}'", f"--gin.train.train_task='{asr}'",
-                   f"--gin.train.feature_lengths={FEATURE_LENGTHS}", "--gin.train.batch_size=8",
-                   "--gin.train.train_steps=2"])   # a checkpoint at step 2 to evaluate
+    common = [f"EvalConfig.feature_lengths = {FEATURE_LENGTHS}", "EvalConfig.batch_size = 8",
+              "RunConfig.async_save = False"]
+    gin_utils.parse_config([TINY_GIN], [*common, f"RunConfig.run_dir = '{run_dir}'", "RunConfig.train_steps = 2",
+                                        f"TrainConfig.train_task = '{asr}'", "TrainConfig.batch_size = 8",
+                                        f"TrainConfig.feature_lengths = {FEATURE_LENGTHS}"])
+    train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())   # a checkpoint at step 2 to evaluate
     grid = {"decode": [{"DecodeConfig.method": "greedy"},
                        {"DecodeConfig.method": "beam", "DecodeConfig.beam_size": 2}],
             "task": [asr, cer]}
-    argv = [*common, f"--gin.sweep.run_dir='{run_dir}'", f"--gin.sweep.grid={grid!r}"]
+    argv = [f"--gin_file={TINY_GIN}", *(f"--gin.{b}" for b in common), f"--gin.sweep.run_dir='{run_dir}'",
+            f"--gin.sweep.grid={grid!r}"]
     state = os.path.join(run_dir, "sweep")
+    monkeypatch.setenv("SLM_JAX_COMPILATION_CACHE", "off")   # sweep.main's start: no on-disk cache from a test
 
     calls = []
-    real_evaluate = main_lib.evaluate
+    real_evaluate = eval_lib.evaluate
 
-    def counting(*args, **kw):
-        calls.append(kw["decode"].method)
-        return real_evaluate(*args, **kw)
+    def counting(s, cfg, *args, **kw):
+        calls.append(cfg.decode.method)
+        return real_evaluate(s, cfg, *args, **kw)
 
-    monkeypatch.setattr(main_lib, "evaluate", counting)
+    monkeypatch.setattr(eval_lib, "evaluate", counting)
     first = sweep_lib.main([*argv, "--gin.sweep.max_points=2"])          # "killed" after 2 points
     assert len(first["evaluated"]) == 2 and len(first["remaining"]) == 2 and calls == ["greedy", "greedy"]
     assert len([f for f in os.listdir(state) if f.endswith(".json")]) == 2
@@ -196,17 +210,15 @@ def test_sweep_on_tiny_model_resumes_and_tabulates(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- the example gin file
 
-def test_example_gin_file_expands_to_registered_tasks(monkeypatch):
-    monkeypatch.chdir(REPO)   # its include is relative to the repository root, as in `make demo`
-    gin.clear_config()
-    gin.parse_config_file("gin/runs/sweep_example.gin")
-    grid = gin.query_parameter("sweep.grid")
+def test_example_gin_file_expands_to_registered_tasks():
+    gin_utils.parse_config(["gin/runs/sweep_example.gin"])   # includes resolve against the repository root
+    grid = gin_utils.query("sweep.grid")
     points = sweep_lib.expand_grid(grid)
     assert len(points) == 9
     for p in points:
         sweep_lib.check_point(p)
         seqio.get_mixture_or_task(p["task"])   # raises if the example names an unknown task
-    base, base_bindings = gin.config_str(), list(gin.query_parameter("sweep.base_bindings"))
-    for p in points:                           # every point's bindings parse on top of the file
-        sweep_lib._parse_point_config(base, base_bindings + sweep_lib.point_bindings(p))
+    base, base_bindings = gin.config_str(), list(gin_utils.query("sweep.base_bindings"))
+    assert base_bindings == ["EvalConfig.max_examples = 50"]
+    sweep_lib.check_bindings_parse(base, base_bindings, points)   # every point's bindings parse on top of the file
     gin.clear_config()
