@@ -146,10 +146,11 @@ class Demo:
                           f"TrainConfig.train_task = '{self.task('asr_ast')}'",
                           f"TrainConfig.feature_cache_dir = '{self.cache_dir}'", *self.cfg.slm_bindings, *bindings)
 
-    def eval_config(self, split: str | None = None) -> eval_lib.EvalConfig:
-        """The SLM stage's EvalConfig (build it inside `slm_stage`) on the demo's bounded sample."""
-        return dataclasses.replace(eval_lib.EvalConfig(), split=split or self.cfg.eval_split,
-                                   max_examples=self.cfg.eval_examples)
+    def eval_config(self, tasks: Sequence[str], split: str | None = None, tag: str = "") -> eval_lib.EvalConfig:
+        """The SLM stage's EvalConfig (build it inside `slm_stage`) for `tasks` on the demo's
+        bounded sample."""
+        return eval_lib.EvalConfig(eval_tasks=list(tasks), split=split or self.cfg.eval_split,
+                                   max_examples=self.cfg.eval_examples, tag=tag)
 
     # ------------------------------------------------------------------ stages
     def data(self) -> None:
@@ -186,8 +187,8 @@ class Demo:
         def evaluate():
             run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
             with self.slm_stage(depth, run_dir=run_dir):
-                cfg = dataclasses.replace(self.eval_config(split), eval_tasks=list(tasks), tag=f"_{tag}")
-                return eval_lib.evaluate_run(train_lib.RunConfig(), cfg, self.eval_data)
+                return eval_lib.evaluate_run(train_lib.RunConfig(), self.eval_config(tasks, split, f"_{tag}"),
+                                             self.eval_data)
         return self.cached(f"eval_{tag}", evaluate)
 
     # ------------------------------------------------------------------ baselines
@@ -199,7 +200,8 @@ class Demo:
         """The LLM foundation on text inputs (the upper bound of speech input), every eval task."""
         model, params = self.llm_model(), load_params(self.llm_path)
         with self.slm_stage(self.cfg.main_depth):
-            out = demo_baselines.text_scores(model, params, self.eval_task_names(), self.eval_config())
+            names = self.eval_task_names()
+            out = demo_baselines.text_scores(model, params, names, self.eval_config(names))
         log("LLM text scores: " + ", ".join(f"{k.split('_', 3)[-1]}={list(v.values())[0]:.3g}" for k, v in out.items()))
         return out
 
@@ -215,8 +217,9 @@ class Demo:
         ctc_vocab = seqio.get_mixture_or_task(self.task("asr")).output_features["targets"].vocabulary
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
         with self.slm_stage(self.cfg.main_depth):
-            return demo_baselines.cascade_scores(s.model, ctc_params, ctc_vocab, llm, llm_params,
-                                                 self.eval_task_names(), self.eval_config(), self.eval_data)
+            names = self.eval_task_names()
+            return demo_baselines.cascade_scores(s.model, ctc_params, ctc_vocab, llm, llm_params, names,
+                                                 self.eval_config(names), self.eval_data)
 
     def param_counts(self) -> dict:
         with self.slm_stage(self.cfg.main_depth):
