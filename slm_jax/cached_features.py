@@ -26,7 +26,7 @@ training-mode output equals its inference-mode output. So:
   * task preprocessing must be deterministic: the cache holds one pass over the split;
   * the cache is valid only for the encoder it was computed with. `manifest.json` records a
     fingerprint: the encoder config, the adapter's stride / subsampling / dtype, and the
-    weights (sha256 of `setup.speech_encoder_checkpoint`, or the init seed of a randomly
+    weights (sha256 of `RunConfig.speech_encoder_checkpoint`, or the init seed of a randomly
     initialised encoder); reading a cache whose fingerprint or feature lengths differ from the
     model's raises `StaleCacheError` naming the manifest and the differing fields.
 
@@ -36,27 +36,28 @@ of serialised `tf.train.Example`s with features `encoded` (raw bytes, [frames, D
 manifest's dtype, little-endian), `frames`, `instruction_tokens`, `decoder_input_tokens`,
 `decoder_target_tokens`. The manifest is written last: a cache without one is incomplete.
 
-Usage (gin). Add to a training gin file:
+Usage. In the training gin file set
 
-    import slm_jax.feature_cache
-    train.input_fn = @cached_batches
-    cached_batches.cache_dir = "/data/slm_cache"
+    TrainConfig.feature_cache_dir = "/data/slm_cache"
 
-build the cache once with the same gin files (it reads `train.train_task`,
-`train.feature_lengths`, `train.seed`, `setup.model`, `setup.speech_encoder_checkpoint` and
-`cached_batches.cache_dir`; `cache_features.*` bindings override them, e.g. `split`):
+build the cache once with the same gin files (`CacheConfig.*` bindings choose the split, the
+encoder's batch size and the shard size):
 
     python -m slm_jax.feature_cache --gin_file=my_run.gin [--gin.NAME=VALUE ...]
 
-then train as usual (`python -m slm_jax.main --gin_file=my_run.gin`). Rebuilding an up-to-date
-cache is a no-op; a stale one is replaced. Evaluation and inference still run from audio.
+(slm_jax/feature_cache.py calls `train_lib.build_feature_cache`, which encodes with exactly the
+weights `train_lib.setup(run)` builds: from `RunConfig.speech_encoder_checkpoint`, or initialised
+from `RunConfig.seed` without one), then train as usual (`python -m slm_jax.main
+--gin_file=my_run.gin`): train_lib reads `cached_batches`, passing
+`encoder_fingerprint=cache_fingerprint(run)`. Rebuilding an up-to-date cache is a no-op; a stale
+one is replaced. Evaluation and inference still run from audio.
 
 `cached_batches` has `get_batches`' contract: deterministic for a seed, resumable at
 `start_batch` in O(1), one epoch after another (`num_epochs=None`: forever). Shuffling is its
 own: a fresh permutation of the whole split per epoch (from `seed` and the epoch), not seqio's
 buffer order; unshuffled (and without `speech_buckets`), its batches are exactly
-`get_batches(shuffle=False)`'s. With several
-hosts each global batch is the same as on one host, and host `shard_index` gets its rows
+`get_batches(shuffle=False)`'s. With several hosts each global batch is the same as on one
+host, and host `shard_index` gets its rows
 `[shard_index * B / num_shards, (shard_index + 1) * B / num_shards)`.
 """
 
@@ -179,6 +180,167 @@ def _task_names(name: str) -> list[str]:
     return [name]
 
 
+class ShardWriter:
+    """Writes serialised examples to ArrayRecord shards `<split>-NNNNN.array_record` in
+    `directory`, starting a new shard every `examples_per_shard` examples. Records each shard's
+    file and count (`shards`, as the manifest lists them), each example's valid frames in key
+    order (`lengths`, for length bucketing), and the examples / frame bytes written."""
+
+    def __init__(self, directory: str, split: str, examples_per_shard: int):
+        self.directory, self.split, self.examples_per_shard = directory, split, examples_per_shard
+        self.shards: list[dict] = []
+        self.lengths: list[int] = []
+        self.count, self.nbytes = 0, 0
+        self._writer = None
+
+    def write(self, frames: np.ndarray, tokens: tuple) -> None:
+        """Append one example: its encoder frames and (instruction, decoder input, target) tokens."""
+        if self._writer is None or self.shards[-1]["count"] >= self.examples_per_shard:
+            self._roll_over()
+        self._writer.write(_serialize(frames, *tokens))
+        self.shards[-1]["count"] += 1
+        self.lengths.append(int(frames.shape[0]))
+        self.count, self.nbytes = self.count + 1, self.nbytes + frames.nbytes
+
+    def _roll_over(self) -> None:
+        from array_record.python.array_record_module import ArrayRecordWriter
+        self.close()
+        self.shards.append({"file": f"{self.split}-{len(self.shards):05d}.array_record", "count": 0})
+        self._writer = ArrayRecordWriter(os.path.join(self.directory, self.shards[-1]["file"]), WRITER_OPTIONS)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class SharedAudioEncoder:
+    """Runs the frozen speech encoder (jitted) over examples' audio and hands each example, in
+    the order added, to `write(frames, tokens)`.
+
+    Audio is queued and encoded in batches of `batch_size` rows (the last one padded); a batch
+    runs on the device while the previous one is brought back and its examples written.
+    Examples with the same audio (the same valid feature frames: one utterance in an ASR and in
+    AST tasks) are encoded once: their frames are kept, up to `share_bytes` of them in all, for
+    later examples with that audio (beyond it they are encoded again). `encoded` counts the
+    utterances the encoder ran on; `encoded_length`, `dim` and `dtype` describe its outputs
+    (the longest padded length seen: batches may be cut to get_batches' length buckets)."""
+
+    def __init__(self, config: SLMConfig, encoder_params: Mapping[str, Any], batch_size: int,
+                 share_bytes: int, write):
+        module = SLM(config)
+        self._encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
+                                                            method=SLM.speech_encoder_outputs))
+        self.params, self.batch_size, self.share_bytes, self.write = encoder_params, batch_size, share_bytes, write
+        self.encoded, self.encoded_length, self.dim, self.dtype = 0, 0, None, None
+        self._frames_of: dict[bytes, np.ndarray] = {}   # audio key -> encoder frames (kept or awaiting writing)
+        self._kept: set[bytes] = set()                  # keys whose frames stay for later examples
+        self._kept_bytes = 0
+        self._waiting: collections.deque = collections.deque()   # examples in order: (key, tokens)
+        self._uses = collections.Counter()              # waiting examples per audio key
+        self._queue: list[tuple[bytes, np.ndarray, np.ndarray]] = []   # audio to encode: (key, features, mask)
+        self._in_flight = None                          # (keys, outputs) of the batch the encoder is running
+
+    def add(self, features: np.ndarray, mask: np.ndarray, tokens: tuple) -> None:
+        """Queue one example: its padded features [T, F], feature mask [T] and tokens."""
+        valid = _valid_length(mask, "feature")
+        key = hashlib.blake2b(features[:valid].tobytes(), digest_size=16).digest()
+        if key not in self._frames_of and not self._uses[key]:   # neither kept, nor queued / in flight
+            self._queue.append((key, features, mask))
+        self._waiting.append((key, tokens))
+        self._uses[key] += 1
+        if len(self._queue) == self.batch_size:
+            self._dispatch()
+
+    def finish(self) -> None:
+        """Encode what is still queued and write every remaining example."""
+        if self._queue:
+            self._dispatch()
+        self._collect()
+        if self._waiting:   # cannot happen: every waiting example's audio was encoded above
+            raise RuntimeError(f"build_cache: {len(self._waiting)} examples were not written")
+
+    def _dispatch(self) -> None:
+        """Encode the queued audio (one batch, padded to batch_size rows) while the last batch is collected."""
+        queue = self._queue
+        width = max(f.shape[0] for _, f, _ in queue)
+        feats = np.zeros((self.batch_size, width, queue[0][1].shape[1]), queue[0][1].dtype)
+        masks = np.zeros((self.batch_size, width), queue[0][2].dtype)
+        for i, (_, f, m) in enumerate(queue):
+            feats[i, :f.shape[0]], masks[i, :m.shape[0]] = f, m
+        outputs = self._encode(self.params, feats, masks)   # runs while the previous batch is written
+        self._collect()
+        self._in_flight = ([k for k, _, _ in queue], outputs)
+        self.encoded += len(queue)
+        queue.clear()
+
+    def _collect(self) -> None:
+        """Bring the encoded batch in flight to the host, then write every example now ready."""
+        if self._in_flight is not None:
+            (keys, outputs), self._in_flight = self._in_flight, None
+            hidden, mask = (np.asarray(x) for x in jax.device_get(outputs))
+            self.encoded_length = max(self.encoded_length, hidden.shape[1])
+            self.dim, self.dtype = hidden.shape[2], hidden.dtype.name
+            for i, key in enumerate(keys):
+                frames = hidden[i, :_valid_length(mask[i], "encoder output")].copy()
+                self._frames_of[key] = frames
+                if self._kept_bytes + frames.nbytes <= self.share_bytes:
+                    self._kept_bytes += frames.nbytes
+                    self._kept.add(key)
+        while self._waiting and self._waiting[0][0] in self._frames_of:
+            key, tokens = self._waiting.popleft()
+            self.write(self._frames_of[key], tokens)
+            self._uses[key] -= 1
+            if not self._uses[key] and key not in self._kept:
+                del self._frames_of[key]
+
+
+def _existing_cache(out_dir: str, fp: Mapping, feature_lengths: Mapping[str, int], overwrite: bool,
+                    verbose: bool) -> dict | None:
+    """The manifest of an up-to-date cache in out_dir (same fingerprint and feature lengths,
+    every shard present) unless `overwrite`; otherwise None, after deleting an existing
+    cache's manifest and shards."""
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return None
+    with open(manifest_path) as f:
+        old = json.load(f)
+    try:
+        check_manifest(old, manifest_path, fingerprint_=fp, feature_lengths=feature_lengths)
+        up_to_date = all(os.path.isfile(os.path.join(out_dir, s["file"])) for s in old.get("shards", []))
+    except StaleCacheError:
+        up_to_date = False
+    if up_to_date and not overwrite:
+        if verbose:
+            print(f"[feature_cache] {manifest_path} is up to date ({old['count']} examples)", flush=True)
+        return old
+    os.remove(manifest_path)
+    for s in old.get("shards", []):
+        if os.path.isfile(os.path.join(out_dir, s["file"])):
+            os.remove(os.path.join(out_dir, s["file"]))
+    return None
+
+
+def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int,
+                  encoder: SharedAudioEncoder) -> dict[str, int]:
+    """Add every example of the task's (or each of the mixture's tasks') split to `encoder`,
+    unshuffled, one epoch, tokens trimmed after their last non-padding token. Returns the
+    examples per task."""
+    from slm_jax.data import get_batches
+    per_task: dict[str, int] = {}
+    for name in _task_names(task):
+        for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
+                                 shuffle=False, seed=seed, num_epochs=1, drop_remainder=False):
+            n = batch["features"].shape[0]
+            per_task[name] = per_task.get(name, 0) + n
+            for i in range(n):
+                targets = _trim(batch["decoder_target_tokens"][i])
+                tokens = (_trim(batch["instruction_tokens"][i]), batch["decoder_input_tokens"][i, :len(targets)],
+                          targets)
+                encoder.add(batch["features"][i], batch["feature_mask"][i], tokens)
+    return per_task
+
+
 def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_lengths: Mapping[str, int],
                 config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
                 batch_size: int = 8, seed: int = 0, examples_per_shard: int = 4096,
@@ -196,142 +358,43 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     example counts, which is seqio's `mixing_rate_num_examples`; other mixing rates are not
     reproduced (cache the tasks separately for those).
 
-    Examples with the same audio (the same valid feature frames: one utterance in an ASR and
-    in AST tasks) are encoded once: the frames are kept, up to `share_bytes` of them, for later
-    examples with that audio (beyond it they are encoded again); the manifest's
-    build.encoded_utterances counts the encoder's work."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-    from slm_jax.data import get_batches
-
+    Examples with the same audio are encoded once (`SharedAudioEncoder`, up to `share_bytes` of
+    kept frames); the manifest's build.encoded_utterances counts the encoder's work."""
     enc_cfg = config.speech_encoder
     if getattr(enc_cfg, "dropout_rate", 0.0) > 0:
         raise ValueError(f"build_cache: the speech encoder has dropout_rate={enc_cfg.dropout_rate}; its training "
                          "outputs are random, so a cache of them cannot be exact. Set it to 0.")
     fp = fingerprint(config, weights)
     out_dir = cache_path(cache_dir, task, split)
-    manifest_path = os.path.join(out_dir, MANIFEST)
     os.makedirs(out_dir, exist_ok=True)
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
-        try:
-            check_manifest(old, manifest_path, fingerprint_=fp, feature_lengths=feature_lengths)
-            up_to_date = all(os.path.isfile(os.path.join(out_dir, s["file"])) for s in old.get("shards", []))
-        except StaleCacheError:
-            up_to_date = False
-        if up_to_date and not overwrite:
-            if verbose:
-                print(f"[feature_cache] {manifest_path} is up to date ({old['count']} examples)", flush=True)
-            return old
-        os.remove(manifest_path)
-        for s in old.get("shards", []):
-            if os.path.isfile(os.path.join(out_dir, s["file"])):
-                os.remove(os.path.join(out_dir, s["file"]))
+    existing = _existing_cache(out_dir, fp, feature_lengths, overwrite, verbose)
+    if existing is not None:
+        return existing
 
-    module = SLM(config)
-    encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
-                                                  method=SLM.speech_encoder_outputs))
-    shards: list[dict] = []
-    lengths: list[int] = []   # valid frames per example, in key order (for length bucketing)
-    writer, count, nbytes, encoded_length, dim, dtype = None, 0, 0, 0, None, None
-    frames_of: dict[bytes, np.ndarray] = {}     # audio key -> encoder frames (kept or awaiting writing)
-    kept: set[bytes] = set()                    # keys whose frames stay for later examples with that audio
-    kept_bytes, encoded = 0, 0                  # bytes of kept frames; utterances the encoder ran on
-    waiting: collections.deque = collections.deque()    # examples in order: (key, tokens)
-    uses = collections.Counter()                # waiting examples per audio key
-    queue: list[tuple[bytes, np.ndarray, np.ndarray]] = []   # audio to encode: (key, features, mask)
-    in_flight = None                            # (keys, outputs) of the batch the encoder is running
     t0 = time.perf_counter()
-
-    def write(key: bytes, tokens: tuple) -> None:
-        nonlocal writer, count, nbytes
-        if writer is None or shards[-1]["count"] >= examples_per_shard:
-            if writer is not None:
-                writer.close()
-            shards.append({"file": f"{split}-{len(shards):05d}.array_record", "count": 0})
-            writer = ArrayRecordWriter(os.path.join(out_dir, shards[-1]["file"]), WRITER_OPTIONS)
-        frames = frames_of[key]
-        writer.write(_serialize(frames, *tokens))
-        shards[-1]["count"] += 1
-        lengths.append(int(frames.shape[0]))
-        count, nbytes = count + 1, nbytes + frames.nbytes
-        uses[key] -= 1
-        if not uses[key] and key not in kept:
-            del frames_of[key]
-
-    def collect() -> None:
-        """Bring the encoded batch in flight to the host, then write every example now ready."""
-        nonlocal encoded_length, dim, dtype, kept_bytes, in_flight
-        if in_flight is not None:
-            (keys, outputs), in_flight = in_flight, None
-            hidden, mask = (np.asarray(x) for x in jax.device_get(outputs))
-            # batches may be cut to their length bucket (get_batches' speech_buckets): the padded
-            # length batches are read back at is the longest seen
-            encoded_length, dim, dtype = max(encoded_length, hidden.shape[1]), hidden.shape[2], hidden.dtype.name
-            for i, key in enumerate(keys):
-                frames_of[key] = hidden[i, :_valid_length(mask[i], "encoder output")].copy()
-                if kept_bytes + frames_of[key].nbytes <= share_bytes:
-                    kept_bytes += frames_of[key].nbytes
-                    kept.add(key)
-        while waiting and waiting[0][0] in frames_of:
-            write(*waiting.popleft())
-
-    def dispatch() -> None:
-        """Encode the queued audio (one batch, padded to batch_size rows) while the last batch is collected."""
-        nonlocal in_flight, encoded
-        width = max(f.shape[0] for _, f, _ in queue)
-        feats = np.zeros((batch_size, width, queue[0][1].shape[1]), queue[0][1].dtype)
-        masks = np.zeros((batch_size, width), queue[0][2].dtype)
-        for i, (_, f, m) in enumerate(queue):
-            feats[i, :f.shape[0]], masks[i, :m.shape[0]] = f, m
-        outputs = encode(encoder_params, feats, masks)   # runs while the previous batch is written
-        collect()
-        in_flight, encoded = ([k for k, _, _ in queue], outputs), encoded + len(queue)
-        queue.clear()
-
-    per_task: dict[str, int] = {}
-    batches = ((name, batch) for name in _task_names(task)
-               for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
-                                        shuffle=False, seed=seed, num_epochs=1, drop_remainder=False))
-    for name, batch in batches:
-        n = batch["features"].shape[0]
-        per_task[name] = per_task.get(name, 0) + n
-        for i in range(n):
-            valid = _valid_length(batch["feature_mask"][i], "feature")
-            # the same audio in several tasks (ASR and AST of one utterance) is encoded once
-            key = hashlib.blake2b(batch["features"][i, :valid].tobytes(), digest_size=16).digest()
-            if key not in frames_of and not uses[key]:    # neither encoded and kept, nor queued / in flight
-                queue.append((key, batch["features"][i], batch["feature_mask"][i]))
-            targets = _trim(batch["decoder_target_tokens"][i])
-            waiting.append((key, (_trim(batch["instruction_tokens"][i]), batch["decoder_input_tokens"][i, :len(targets)],
-                                  targets)))
-            uses[key] += 1
-            if len(queue) == batch_size:
-                dispatch()
-    if queue:
-        dispatch()
-    collect()
-    if waiting:   # cannot happen: every waiting example's audio was encoded above
-        raise RuntimeError(f"build_cache: {len(waiting)} examples were not written")
-    if writer is not None:
-        writer.close()
-    if not count:
+    shards = ShardWriter(out_dir, split, examples_per_shard)
+    encoder = SharedAudioEncoder(config, encoder_params, batch_size, share_bytes, shards.write)
+    per_task = _encode_split(task, split, feature_lengths, batch_size, seed, encoder)
+    encoder.finish()
+    shards.close()
+    if not shards.count:
         raise ValueError(f"build_cache: {task!r} split {split!r} has no examples")
     seconds = time.perf_counter() - t0
     manifest = {"format": CACHE_FORMAT, "task": task, "split": split,
-                "feature_lengths": jsonable(dict(feature_lengths)), "count": count,
-                "encoded_length": int(encoded_length), "dim": int(dim), "dtype": dtype,
-                "encoded_bytes": int(nbytes), "shards": shards, "tasks": per_task, "frames": lengths, "fingerprint": fp,
-                "build": {"seconds": round(seconds, 3), "examples_per_s": round(count / seconds, 3),
-                          "encoded_utterances": encoded,
+                "feature_lengths": jsonable(dict(feature_lengths)), "count": shards.count,
+                "encoded_length": int(encoder.encoded_length), "dim": int(encoder.dim), "dtype": encoder.dtype,
+                "encoded_bytes": int(shards.nbytes), "shards": shards.shards, "tasks": per_task,
+                "frames": shards.lengths, "fingerprint": fp,
+                "build": {"seconds": round(seconds, 3), "examples_per_s": round(shards.count / seconds, 3),
+                          "encoded_utterances": encoder.encoded,
                           "batch_size": batch_size, "device": jax.devices()[0].platform}}
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
+    manifest_path = os.path.join(out_dir, MANIFEST)
+    with open(manifest_path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
+    os.replace(manifest_path + ".tmp", manifest_path)   # last: a cache without a manifest is incomplete
     if verbose:
-        print(f"[feature_cache] wrote {count} examples ({nbytes / 2 ** 20:.1f} MiB of {dtype} frames, "
-              f"{len(shards)} shard(s)) to {out_dir} in {seconds:.1f}s", flush=True)
+        print(f"[feature_cache] wrote {shards.count} examples ({shards.nbytes / 2 ** 20:.1f} MiB of "
+              f"{encoder.dtype} frames, {len(shards.shards)} shard(s)) to {out_dir} in {seconds:.1f}s", flush=True)
     return manifest
 
 
@@ -345,8 +408,9 @@ def _parse(record: bytes) -> dict[str, Any]:
             "decoder_target_tokens": ints("decoder_target_tokens")}
 
 
-class _Reader:
-    """Batches of given global example keys from one cache."""
+class CacheReader:
+    """Batches of given global example keys from one cache: `CacheReader(directory, manifest)`,
+    with the cache's split directory and its loaded manifest (see `load_manifest`)."""
 
     def __init__(self, directory: str, manifest: Mapping):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -397,7 +461,8 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
                    drop_remainder: bool = True, cache_dir: str = gin.REQUIRED,
                    encoder_fingerprint: Mapping[str, Any] = gin.REQUIRED, prefetch: int = 2, speech_buckets: Sequence[int] = (),
                    bucket_window: int = 16) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches from a feature cache, with get_batches' contract (an input_fn of `train`):
+    """Numpy batches from a feature cache, with get_batches' contract (what train_lib trains from when
+    TrainConfig.feature_cache_dir is set):
     encoded_speech [b, T', D_enc] / encoded_mask [b, T'] instead of features / feature_mask,
     the same token features. See the module docstring for order, resumption and host shards.
 
@@ -416,7 +481,7 @@ def cached_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train
     manifest, path = load_manifest(cache_dir, mixture_or_task_name, split)
     check_manifest(manifest, path, fingerprint_=encoder_fingerprint,
                    feature_lengths=feature_lengths)
-    reader = _Reader(os.path.dirname(path), manifest)
+    reader = CacheReader(os.path.dirname(path), manifest)
     return _iterate(reader, manifest["count"], batch_size, shuffle, seed, num_epochs, start_batch,
                     shard_index, num_shards, drop_remainder, prefetch, tuple(speech_buckets), bucket_window)
 
@@ -428,7 +493,7 @@ def epoch_order(count: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 
-def _iterate(reader: _Reader, count: int, batch_size: int, shuffle: bool, seed: int, num_epochs: int | None,
+def _iterate(reader: CacheReader, count: int, batch_size: int, shuffle: bool, seed: int, num_epochs: int | None,
              start_batch: int, shard_index: int, num_shards: int, drop_remainder: bool,
              prefetch: int, buckets: tuple[int, ...] = (), window: int = 16) -> Iterator[dict[str, np.ndarray]]:
     total = None if num_epochs is None else count * num_epochs      # positions in the epoch stream
