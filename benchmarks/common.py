@@ -33,6 +33,7 @@ Flax and copied into `TorchAdapter` (the same layers written in torch).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import statistics
@@ -101,7 +102,6 @@ transformers.utils.logging.disable_progress_bar()
 from slm_jax.checkpoints.hf_t5 import load_hf_t5  # noqa: E402
 from slm_jax.checkpoints.hf_w2v_bert import load_hf_w2v_bert  # noqa: E402
 from slm_jax.models.adapter import AdapterConfig  # noqa: E402
-from slm_jax.models import slm as slm_lib  # noqa: E402
 from slm_jax.models.slm import SLMConfig  # noqa: E402
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh  # noqa: E402
 from slm_jax.task_model import SLMTaskModel  # noqa: E402
@@ -411,13 +411,20 @@ def adapter_trainer(model, lr: float = 1e-4, **adamw):
     return part, Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
 
 
-def ours_train_step(pair: Pair, batch):
+def ours_train_step(pair: Pair, batch, kept_frames_only: bool | None = None):
     """Our adapter-only train step (`Trainer(trainable_patterns=("adapter/.*",))` on a 1-device
     mesh, AdamW with clipping 1.0), compiled for `batch`'s shapes. Returns (model, step, FLOPs
     per step from XLA's cost analysis, compile seconds). `step()` runs one step on `batch` and
     blocks on its loss; `step(new_batch, block=False)` feeds a numpy batch of the same shapes
-    and returns without waiting, as a training loop does."""
-    model = SLMTaskModel(pair.config, z_loss=TRAIN_Z_LOSS)
+    and returns without waiting, as a training loop does.
+
+    kept_frames_only: `SLMConfig.kept_frames_only` of the model built here. False: the speech
+    encoder runs over every frame and the adapter subsamples its output, the work the torch
+    reference does (for its FLOP count). None: True, or False inside `whole_speech_encoder()`."""
+    if kept_frames_only is None:
+        kept_frames_only = not _WHOLE_SPEECH_ENCODER.get()
+    config = dataclasses.replace(pair.config, kept_frames_only=kept_frames_only)
+    model = SLMTaskModel(config, z_loss=TRAIN_Z_LOSS)
     part, trainer = adapter_trainer(model, TRAIN_LR, b1=0.9, b2=0.98)
     train, frozen = trainer.split(pair.params)
     state = trainer.init_state(train)
@@ -437,16 +444,20 @@ def ours_train_step(pair: Pair, batch):
     return model, step, float(cost["flops"]), compile_s
 
 
+_WHOLE_SPEECH_ENCODER = contextvars.ContextVar("whole_speech_encoder", default=False)
+
+
 @contextlib.contextmanager
 def whole_speech_encoder():
-    """Within: SLM runs its speech encoder over every frame and subsamples afterwards, instead of
-    asking it for the kept frames only (what the torch reference computes). For FLOP counts:
-    the work the reference does, in XLA's count (`slm.KEPT_FRAMES_ONLY`, read when tracing)."""
-    slm_lib.KEPT_FRAMES_ONLY = False
+    """Within: `ours_train_step` builds its model with `SLMConfig.kept_frames_only=False` (the
+    speech encoder over every frame, subsampled afterwards: the torch reference's work), as
+    `ours_train_step(..., kept_frames_only=False)` does. The choice is part of the model's
+    config, read when the model is built, so each compiled step holds its own."""
+    token = _WHOLE_SPEECH_ENCODER.set(True)
     try:
         yield
     finally:
-        slm_lib.KEPT_FRAMES_ONLY = True
+        _WHOLE_SPEECH_ENCODER.reset(token)
 
 
 def cached_batch(model, params, batch) -> dict:

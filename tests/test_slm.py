@@ -126,6 +126,27 @@ def test_embed_speech_equals_whole_encoder_output_then_subsampling(stride, mode)
         assert max(np.abs(g - r).max() for g, r in zip(got, want)) <= 1e-5 * scale
 
 
+def test_kept_frames_only_off_runs_the_whole_encoder():
+    """SLMConfig.kept_frames_only=False: the encoder runs over every frame and its output is
+    subsampled afterwards: the same embeddings (tolerance 1e-5 of the largest value) and more
+    FLOPs in XLA's count than the default, which computes the kept frames only."""
+    base = configs.tiny_slm(adapter_layers=1)
+    assert base.kept_frames_only
+    whole_cfg = dataclasses.replace(base, kept_frames_only=False)
+    feats, fmask, toks = _batch(np.random.default_rng(5), [45, 30], [3, 3], 48, 3)
+    params = jax.jit(SLM(base).init)(jax.random.PRNGKey(0), feats, fmask, toks, toks)["params"]
+    outs, flops = [], []
+    for cfg in (base, whole_cfg):
+        embed = jax.jit(lambda p, f, m, model=SLM(cfg): model.apply({"params": p}, f, m, method=SLM.embed_speech))
+        outs.append(embed(params, feats, fmask))
+        cost = embed.lower(params, feats, fmask).compile().cost_analysis()
+        flops.append(float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]))
+    (out, mask), (ref, ref_mask) = outs
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(ref_mask))
+    assert np.abs(np.asarray(out - ref)).max() <= 1e-5 * np.abs(np.asarray(ref)).max()
+    assert flops[1] > flops[0]
+
+
 def test_whisper_encoder_variant_runs():
     base = configs.tiny_slm()
     enc = WhisperEncoderConfig(num_mel_bins=80, d_model=32, encoder_layers=1, encoder_attention_heads=2,

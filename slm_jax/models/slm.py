@@ -32,18 +32,20 @@ from slm_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 
 Array = jax.Array
 
-# With "stride" subsampling, ask the speech encoder for the kept frames only (its last layer then
-# skips the dropped ones; the same numbers). False runs it over every frame and subsamples after,
-# the work a whole-output implementation does (benchmarks count the reference's FLOPs so).
-KEPT_FRAMES_ONLY = True
-
 
 @dataclasses.dataclass(frozen=True)
 class SLMConfig:
+    """speech_first: speech embeddings before (True) or after the instruction.
+    kept_frames_only: with the adapter's "stride" subsampling, ask the speech encoder for the
+    frames the adapter keeps only (its last layer skips the dropped ones; the same numbers).
+    False runs the encoder over every frame and subsamples its output afterwards: the work an
+    implementation that computes the whole encoder output does (benchmarks/common.py counts a
+    reference's FLOPs so). No effect with "mean" subsampling."""
     speech_encoder: ConformerConfig | WhisperEncoderConfig
     adapter: AdapterConfig
     llm: T5Config
-    speech_first: bool = True  # speech embeddings before (True) or after the instruction
+    speech_first: bool = True
+    kept_frames_only: bool = True
 
     def __post_init__(self):
         enc_width = getattr(self.speech_encoder, "hidden_size", None) or getattr(self.speech_encoder, "d_model")
@@ -90,10 +92,11 @@ class SLM(nn.Module):
 
     def _subsampled_speech(self, features: Array, feature_mask: Array, deterministic: bool):
         """Speech encoder, then the adapter's parameter-free subsampling (`prepare_input`). With
-        "stride" subsampling the encoder is asked for only the frames the adapter keeps, so its
-        last layer skips the work on the dropped ones (the same numbers)."""
+        "stride" subsampling and `SLMConfig.kept_frames_only` the encoder is asked for only the
+        frames the adapter keeps, so its last layer skips the work on the dropped ones (the same
+        numbers)."""
         cfg = self.config.adapter
-        if cfg.subsampling == "stride" and KEPT_FRAMES_ONLY:
+        if cfg.subsampling == "stride" and self.config.kept_frames_only:
             hidden, mask = self.speech_encoder(features, feature_mask, deterministic=deterministic,
                                                output_stride=cfg.stride)
             return hidden.astype(cfg.dtype), mask
