@@ -1,7 +1,11 @@
 """Logical-axis rules: the one table mapping model axis names to mesh axes ("data", "model").
 
 Modules only name logical axes (see `LOGICAL_AXES`); this table decides how they are laid out
-on a mesh. Names absent from the table are replicated.
+on a mesh. Every name in LOGICAL_AXES has a rule. A name outside LOGICAL_AXES is an error:
+`Partitioner.sharding` raises ValueError (`check_logical_axes`) rather than replicate it.
+A dimension is replicated where its rule maps to None, where its mesh axis already shards
+another dimension of the same array, or where the mesh axis size does not divide it; parameters
+without logical names are replicated.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ MESH_AXES = ("data", "model")
 
 def axis_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
     """The rules table, optionally sharding "embed" over "data" (FSDP for big frozen weights).
-    Every name a model uses must be in LOGICAL_AXES; unknown names are an error, not replication."""
+    It has a rule for every name in LOGICAL_AXES and checks nothing itself: `Partitioner`
+    rejects names outside LOGICAL_AXES (`check_logical_axes`), while flax's
+    `nn.logical_to_mesh_axes` given this table would replicate them."""
     rules = dict(LOGICAL_AXIS_RULES)
     if fsdp:
         rules["embed"] = "data"
@@ -77,8 +83,10 @@ class MeshConfig:
     fsdp: bool = False
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
-    """A ("data", "model") mesh over all (global, multi-host) devices."""
+def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ("data", "model") mesh over `devices` (default: all global, multi-host devices).
+    config None: `MeshConfig()`, built at the call, so gin bindings of MeshConfig apply."""
+    config = MeshConfig() if config is None else config
     devices = list(devices if devices is not None else jax.devices())
     model = config.model
     data = config.data if config.data != -1 else len(devices) // model
