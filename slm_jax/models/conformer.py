@@ -165,7 +165,8 @@ def conv3x3_stride2(x: Array, kernel: Array, bias: Array) -> Array:
 
     Forward: `lax.conv_general_dilated`. Backward: the gradient of the same math written as
     patches and a matmul (`_conv3x3_stride2_patches`), because XLA's CPU backend runs the
-    convolution's own backward pass as a slow generic convolution (~5x slower here)."""
+    convolution's own backward pass as a slow generic convolution (timing:
+    benchmarks/README.md)."""
     y = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
@@ -264,9 +265,9 @@ def relative_key_bias(per_bucket: Array, left: int, right: int) -> Array:
     """[..., Tq, P] logits of each query against each distance bucket -> [..., Tq, Tk] with
     out[q, k] = per_bucket[q, clip(k - q, -left, right) + left]. Forward: a gather from the
     flattened [..., Tq * P] rows with one [Tq * Tk] index vector (`take_along_axis` would build a
-    coordinate tensor the size of the output per leading index, 5x slower inside a Conformer
-    stack); backward: the transpose of `_skewed_relative_bias` (pads and sums), ~100x faster on
-    CPU than the gather's scatter-add at T = 400 and the same numbers."""
+    coordinate tensor the size of the output per leading index); backward: the transpose of
+    `_skewed_relative_bias` (pads and sums), the same numbers as the gather's scatter-add, which
+    XLA's CPU backend runs slowly (timings: benchmarks/README.md)."""
     *lead, t, p = per_bucket.shape
     pos = jnp.arange(t)
     flat_index = (pos[:, None] * p + jnp.clip(pos[None, :] - pos[:, None], -left, right) + left).reshape(-1)
@@ -308,9 +309,9 @@ class SelfAttention(nn.Module):
         amask = layers.attention_mask(mask, mask)
         # On CPU: examples in groups whose [heads, T, T] logits fit in ATTENTION_CHUNK_BYTES, one
         # group after another, so each group's logits, softmax and value dot stay in the cache
-        # instead of the whole batch's logits streaming through memory several times (small
-        # config, T = 400: the 4-layer encoder forward 7% faster). Accelerators, where the batch
-        # is sharded and wide kernels pay, run it whole.
+        # instead of the whole batch's logits streaming through memory several times (timings:
+        # benchmarks/README.md). Accelerators, where the batch is sharded and wide kernels pay,
+        # run it whole.
         b, t = x.shape[:2]
         group = b
         if jax.default_backend() == "cpu":
@@ -367,7 +368,7 @@ def causal_depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
 
     Written as K shifted multiply-adds, which XLA fuses into one pass over x. This is the same
     math as `lax.conv_general_dilated(..., feature_group_count=C)` with left padding K - 1, which
-    XLA's CPU backend runs as a slow generic loop (dozens of times slower for K = 31, C = 256)."""
+    XLA's CPU backend runs as a slow generic loop (timing: benchmarks/README.md)."""
     k, t = kernel.shape[0], x.shape[1]
     xp = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0)))
     w = kernel.astype(jnp.float32)
