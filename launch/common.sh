@@ -93,11 +93,11 @@ default_python() {
   fi
 }
 
-# MAIN_ARGS: the arguments of slm_jax.main (--gin_file=F..., --gin.run.run_dir='DIR', the bindings).
+# MAIN_ARGS: the arguments of slm_jax.main (--gin_file=F..., --gin.RunConfig.run_dir='DIR', the bindings).
 main_args() {
   local f
   MAIN_ARGS=()
   for f in ${GIN_FILES[@]+"${GIN_FILES[@]}"}; do MAIN_ARGS+=("--gin_file=$f"); done
-  if [[ -n $RUN_DIR ]]; then MAIN_ARGS+=("--gin.run.run_dir='$RUN_DIR'"); fi
+  if [[ -n $RUN_DIR ]]; then MAIN_ARGS+=("--gin.RunConfig.run_dir='$RUN_DIR'"); fi
   MAIN_ARGS+=(${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"})
 }

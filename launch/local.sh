@@ -20,7 +20,7 @@ Required:
   --gin_file FILE           gin file (repeatable), relative to the current directory
 Options:
   --gin.NAME=VALUE          gin binding passed through unchanged (repeatable)
-  --run_dir DIR             adds --gin.run.run_dir='DIR'
+  --run_dir DIR             adds --gin.RunConfig.run_dir='DIR'
   --processes N             number of processes (default: 1; with 1, no SLM_* variables are set)
   --devices_per_process K   simulate K CPU devices per process (sets JAX_PLATFORMS=cpu and
                             XLA_FLAGS=--xla_force_host_platform_device_count=K)

@@ -22,7 +22,7 @@ Required:
   --gin_file FILE         gin file, relative to the repo root or absolute (repeatable)
 Options:
   --gin.NAME=VALUE        gin binding passed through unchanged (repeatable)
-  --run_dir DIR           adds --gin.run.run_dir='DIR' (must be shared by all nodes)
+  --run_dir DIR           adds --gin.RunConfig.run_dir='DIR' (must be shared by all nodes)
   --nodes N               number of nodes (default: 1)
   --gpus_per_node G       GPUs per node (default: 8; 0 for CPU-only nodes)
   --per_gpu               one process per GPU (default: one process per node, seeing all its GPUs)
@@ -42,7 +42,7 @@ Options:
 
 Example:
   launch/slurm.sh --nodes 2 --gpus_per_node 8 --partition gpu --time 12:00:00 \
-      --gin_file gin/models/tiny.gin --run_dir /shared/runs/slm1 --gin.train.train_steps=2000
+      --gin_file gin/models/tiny.gin --run_dir /shared/runs/slm1 --gin.RunConfig.train_steps=2000
 EOF
 }
 

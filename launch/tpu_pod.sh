@@ -22,8 +22,8 @@ Required:
   --accelerator TYPE      e.g. v4-32, v5litepod-16, v5p-64, v6e-16 (not needed with --reuse/--stop)
   --gin_file FILE         gin file, relative to the repo root (repeatable)
 Options:
-  --gin.NAME=VALUE        gin binding passed through unchanged (repeatable), e.g. --gin.train.train_steps=1000
-  --run_dir DIR           adds --gin.run.run_dir='DIR'; use gs://... on multi-host slices (shared storage)
+  --gin.NAME=VALUE        gin binding passed through unchanged (repeatable), e.g. --gin.RunConfig.train_steps=1000
+  --run_dir DIR           adds --gin.RunConfig.run_dir='DIR'; use gs://... on multi-host slices (shared storage)
   --project PROJECT       GCP project (default: gcloud's configured project)
   --version RUNTIME       TPU software version (default by family: v2/v3/v4 tpu-ubuntu2204-base,
                           v5litepod v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
@@ -48,7 +48,7 @@ Options:
 
 Example:
   launch/tpu_pod.sh --name slm-v4 --zone us-central2-b --accelerator v4-32 \
-      --gin_file gin/models/tiny.gin --run_dir gs://my-bucket/slm/run1 --gin.train.train_steps=2000
+      --gin_file gin/models/tiny.gin --run_dir gs://my-bucket/slm/run1 --gin.RunConfig.train_steps=2000
 EOF
 }
 

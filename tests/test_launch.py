@@ -164,10 +164,10 @@ def tpu_env(tmp_path):
 
 BASE = ["--name", "slm-test", "--zone", "us-central2-b", "--project", "my-proj"]
 GIN_ARGS = ["--gin_file", "gin/a.gin", "--gin_file=gin/b.gin", "--run_dir", "gs://bucket/run 1",
-            "--gin.run.mode='eval'", "--gin.DecodeConfig.method='beam search'", "--gin.train.train_steps=10"]
+            "--gin.run.mode='eval'", "--gin.DecodeConfig.method='beam search'", "--gin.RunConfig.train_steps=10"]
 MAIN_ARGV = ["-m", "slm_jax.main", "--gin_file=gin/a.gin", "--gin_file=gin/b.gin",
-             "--gin.run.run_dir='gs://bucket/run 1'", "--gin.run.mode='eval'",
-             "--gin.DecodeConfig.method='beam search'", "--gin.train.train_steps=10"]
+             "--gin.RunConfig.run_dir='gs://bucket/run 1'", "--gin.run.mode='eval'",
+             "--gin.DecodeConfig.method='beam search'", "--gin.RunConfig.train_steps=10"]
 
 
 def test_tpu_pod_dry_run_exact_commands(tpu_env):
@@ -182,8 +182,8 @@ def test_tpu_pod_dry_run_exact_commands(tpu_env):
     loc = "--zone=us-central2-b --project=my-proj"
     ssh = f"{DRY}gcloud compute tpus tpu-vm ssh slm-test {loc} --worker=all --command="
     run_remote = ("cd slm_jax && echo $$ > .launch_main.pid && exec env PYTHONUNBUFFERED=1 python3 -m slm_jax.main "
-                  r"--gin_file=gin/a.gin --gin_file=gin/b.gin --gin.run.run_dir=\'gs://bucket/run\ 1\' "
-                  r"--gin.run.mode=\'eval\' --gin.DecodeConfig.method=\'beam\ search\' --gin.train.train_steps=10")
+                  r"--gin_file=gin/a.gin --gin_file=gin/b.gin --gin.RunConfig.run_dir=\'gs://bucket/run\ 1\' "
+                  r"--gin.run.mode=\'eval\' --gin.DecodeConfig.method=\'beam\ search\' --gin.RunConfig.train_steps=10")
     assert lines[:4] == [
         f"{DRY}gcloud compute tpus tpu-vm describe slm-test {loc} --format=value\\(state\\)",
         f"{DRY}gcloud compute tpus tpu-vm create slm-test {loc} --accelerator-type=v4-32 --version=tpu-ubuntu2204-base",
@@ -335,7 +335,7 @@ def test_slurm_dry_run_prints_script_and_sbatch(slurm_env):
         assert expected in lines, (expected, lines)
     srun = next(shlex.split(ln) for ln in lines if ln.startswith("srun "))
     assert srun == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "python3", "-m",
-                    "slm_jax.main", "--gin_file=gin/a.gin", "--gin.run.run_dir='/shared/run 1'",
+                    "slm_jax.main", "--gin_file=gin/a.gin", "--gin.RunConfig.run_dir='/shared/run 1'",
                     "--gin.run.mode='eval'"]
     assert lines[-1] == f"{DRY}sbatch {log_dir}/slm_jax.sbatch"
     script = "\n".join(lines[:-1]) + "\n"
@@ -375,7 +375,7 @@ def test_slurm_written_script_runs_main_with_exact_args(slurm_env):
     srun = json.loads((slurm_env["tmp"] / "srun.json").read_text())
     assert srun[:4] == ["--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", slurm_env["py"]]
     (main,) = read_jsonl(slurm_env["tmp"] / "py.jsonl")
-    assert main["argv"] == ["-m", "slm_jax.main", "--gin_file=gin/a.gin", "--gin.run.run_dir='/shared/run 1'",
+    assert main["argv"] == ["-m", "slm_jax.main", "--gin_file=gin/a.gin", "--gin.RunConfig.run_dir='/shared/run 1'",
                             "--gin.run.mode='eval'"]
     assert main["env"]["MY_VAR"] == "a b" and main["env"]["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3,4,5,6,7"
 
