@@ -12,7 +12,7 @@ Per config of `common.SIZES`, with that config's batch size:
   train step ex/s  our adapter-only train step (`common.ours_train_step`) compiled for, and run on,
                    the pipeline's first batch: the same padded shapes (speech padded to
                    FEATURE_LENGTHS["speech"] frames, not the config's own `frames`);
-  train loop ex/s  both together as slm_jax.main runs them: next batch, shard, step without
+  train loop ex/s  both together as train_lib.train runs them: next batch, shard, step without
                    blocking (so the pipeline's threads overlap the step on the same cores).
 
 Each is timed alone with `common.time_interleaved` (a pipeline timed between steps would start

@@ -1,5 +1,5 @@
 """Frozen-encoder feature caching (slm_jax only): the adapter-only train step from audio features
-vs from cached encoder outputs (slm_jax.feature_cache), and what the cache costs.
+vs from cached encoder outputs (slm_jax.cached_features), and what the cache costs.
 
 Per config (common.SIZES): the same model (`common.slm_config`, random weights), optimizer
 (AdamW, clipping 1.0, adapter only) and batch (`common.make_batch`). The cached batch holds that
@@ -35,7 +35,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slm_jax.feature_cache import build_cache, cached_batches, weights_id
+from slm_jax.cached_features import build_cache, cached_batches, fingerprint, weights_id
 from slm_jax.models.slm import SLM
 from slm_jax.task_model import SLMTaskModel
 
@@ -143,7 +143,8 @@ def build_row(name: str, ctx: dict, args, tmp: str) -> dict:
         encode(enc_params, raw["features"], raw["feature_mask"]))}, args.repeats, args.warmup)["encode"]
     # reading: one shuffled batch at a time, no read-ahead
     it = cached_batches(task, "train", feature_lengths=lengths, batch_size=s.batch, shuffle=True, seed=0,
-                        cache_dir=tmp, config=ctx["config"], prefetch=0)
+                        cache_dir=tmp, encoder_fingerprint=fingerprint(ctx["config"], weights_id(None, 0)),
+                        prefetch=0)
     next(it)
     reads = []
     for _ in range(max(args.repeats, 5)):

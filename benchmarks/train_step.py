@@ -13,7 +13,7 @@ frames the stride-s adapter keeps only, so its last layer skips the work on the 
 loss and gradients); theirs computes every frame, so its count is our step's compiled with the
 whole encoder output (`common.whole_speech_encoder`).
 
-A third row, "slm_jax+cache", is our step fed the feature cache's batch (slm_jax.feature_cache:
+A third row, "slm_jax+cache", is our step fed the feature cache's batch (slm_jax.cached_features:
 the frozen encoder's outputs computed once before training, exact, the same loss and update;
 benchmarks/feature_cache.py checks that): what a user of slm_jax pays per step when training
 many steps over a fixed data set, which the PyTorch stacks recompute every step. It does less
@@ -36,7 +36,7 @@ from slm_jax.trainer import merge_params, split_trainable
 
 LR, Z_LOSS = common.TRAIN_LR, common.TRAIN_Z_LOSS
 LOSS_TOL, GRAD_TOL = 1e-4, 1e-3   # relative; float32, different op order
-CACHED = "slm_jax+cache"          # our step from the frozen encoder's cached outputs (feature_cache)
+CACHED = "slm_jax+cache"          # our step from the frozen encoder's cached outputs (cached_features)
 
 
 def theirs_setup(pair: common.Pair, batch):
