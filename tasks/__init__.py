@@ -31,10 +31,21 @@ translations {en, fr, de, es}, slots {subject, verb, count, colour, object, loca
 voice, speed, pitch (see tasks/world_text.py). A mixture is one call too:
 `register_mixture("my_mix", ["spoken_world_tiny_asr_en", "spoken_world_tiny_kind"],
 temperature=2.0)` (rates = train example counts ** (1 / temperature)).
+
+Modules, each importing only modules listed before it:
+    world_text, paths    the text generator and its records; where generated data lives
+    prompts              instruction prompts and makers (record -> instruction, target)
+    vocab                the vocabularies (the world one is trained on world_text + prompts)
+    common               corpora, the task pipeline, register_task / register_mixture
+    asr, ast, instruct, spoken_world, fsdd, local_manifest   corpora and task registrations
+    mixtures             the spoken_world tasks and mixtures of a config
+    llm_text             text batches of the LLM foundation (world_text, prompts, vocab)
 """
 
-from tasks import asr, ast, common, fsdd, instruct, local_manifest, mixtures, spoken_world, vocab, world_text
-from tasks.common import METRICS, data_dir, mixture_rates, register_mixture, register_task
+from tasks import (asr, ast, common, fsdd, instruct, local_manifest, mixtures, paths, prompts, spoken_world, vocab,
+                   world_text)
+from tasks.common import METRICS, mixture_rates, register_mixture, register_task
+from tasks.paths import data_dir
 from tasks.spoken_world import SpokenWorldConfig, SpokenWorldCorpus
 
 SPOKEN_WORLD = {name: mixtures.register_spoken_world(name) for name in spoken_world.CONFIGS}

@@ -1,6 +1,7 @@
 """ASR tasks: plain transcription per language, contextual-biasing transcription (a bias list
 with the utterance's content words and distractors in the instruction), and the guarded
-LibriSpeech registration.
+LibriSpeech registration. Their makers are in tasks/prompts.py; `asr_maker` adds the
+TensorFlow form that LibriSpeech runs.
 
 Metrics: WER and CER (slm_jax.metrics.seqio_wer / seqio_cer).
 """
@@ -9,62 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 
 import tensorflow as tf
 
-from tasks import common, world_text
+from tasks import common, prompts, world_text
 
-ASR_INSTRUCTION = "Transcribe the speech."
-BIASING_INSTRUCTION = "Transcribe the speech. It may contain these words: {words}."
 log = logging.getLogger(__name__)
 
 
-def asr_maker(language: str | None = None, instruction: str = ASR_INSTRUCTION) -> common.Make:
-    """record -> (instruction, transcript) for records in `language` (None: any language)."""
+def asr_maker(language: str | None = None, instruction: str = prompts.ASR_INSTRUCTION) -> common.Make:
+    """prompts.transcript_maker (record -> (instruction, transcript) for records in `language`,
+    None: any language) with its TensorFlow form `make.tf`, for corpora without a listing
+    (LibriSpeech)."""
+    make = prompts.transcript_maker(language, instruction)
 
-    def make(r):
-        if (language and r["language"] != language) or not r["text"].strip():
-            return None
-        return instruction, r["text"]
-
-    def make_tf(ex):  # the same in TensorFlow, for corpora without a listing (LibriSpeech)
+    def make_tf(ex):
         keep = tf.strings.length(tf.strings.strip(ex["text"])) > 0
         if language:
             keep = tf.logical_and(keep, tf.equal(ex["language"], language))
         return tf.constant(instruction), ex["text"], keep
 
-    make.__name__ = f"asr_{language or 'any'}"
     make.tf = make_tf
-    return make
-
-
-def bias_words(r: dict, num_distractors: int = 4) -> list[str]:
-    """The bias list of a sentence record: its object, colour and subject words in the
-    record's language plus `num_distractors` other lexicon words of the same categories,
-    in a deterministic per-utterance order."""
-    lang, s = r["language"], r["slots"]
-    right = [world_text.object_text(s["object"], lang), world_text.colour_text(s["colour"], s["object"], lang)]
-    if s["subject"]:
-        right.append(world_text.content_word(world_text.subject_text(s["subject"], lang)))
-    rng = random.Random(f"bias-{r['id']}")
-    lexicon = world_text.lexicon_words(lang)
-    pool = sorted({w for cat in ("object", "colour", "subject") for w in lexicon[cat]} - set(right))
-    words = right + rng.sample(pool, num_distractors)
-    rng.shuffle(words)
-    return words
-
-
-def biasing_maker(language: str, num_distractors: int = 4) -> common.Make:
-    """Contextual-biasing ASR on spoken sentences in `language`."""
-
-    def make(r):
-        if r["language"] != language or r["kind"] != "sentence":
-            return None
-        words = ", ".join(bias_words(r, num_distractors))
-        return BIASING_INSTRUCTION.format(words=words), r["text"]
-
-    make.__name__ = f"biasing_{language}"
     return make
 
 
@@ -93,7 +59,7 @@ def register_char_asr_tasks(prefix: str, corpus: common.Corpus, languages=world_
 
 def register_biasing_tasks(prefix: str, corpus: common.Corpus, languages=world_text.LANGUAGES, **kw) -> list[str]:
     """{prefix}_biasing_{lang} for each language (needs world_text sentence records)."""
-    return _register_per_language(f"{prefix}_biasing", biasing_maker, corpus, languages, **kw)
+    return _register_per_language(f"{prefix}_biasing", prompts.biasing_maker, corpus, languages, **kw)
 
 
 # ----------------------------------------------------------------------------- LibriSpeech

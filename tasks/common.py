@@ -3,11 +3,11 @@ metric functions and the one-call `register_task` / `register_mixture` helpers.
 
 A task is a *corpus* (where audio and per-utterance records come from) plus a *make*
 function `make(record) -> (instruction, target) | None` that turns one record into one
-example, or skips it. Records are small nested dicts of str/int (id, language, text,
-translations, slots...) that a corpus lists without reading audio. `make` runs in Python
-over that listing when the dataset is created; the pipeline then joins its output to the
-audio by utterance id with a lookup table, so the same listing gives the example counts
-that mixture rates need. The pipeline a task runs is
+example, or skips it (tasks/prompts.py has the makers). Records are small nested dicts of
+str/int (id, language, text, translations, slots...) that a corpus lists without reading
+audio. `make` runs in Python over that listing when the dataset is created; the pipeline then
+joins its output to the audio by utterance id with a lookup table, so the same listing gives
+the example counts that mixture rates need. The pipeline a task runs is
 
     corpus.load(split)             {"audio": 16 kHz samples, "id", ...}
     join make's output by id       + instruction, targets (strings), task; skipped ids dropped
@@ -34,33 +34,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from slm_jax import features as features_lib
+from tasks import vocab
+from tasks.prompts import Make
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = features_lib.SAMPLE_RATE
 DEFAULT_FEATURES = features_lib.FeatureConfig(kind="log_mel", n_mels=80)
 
-Make = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
 log = logging.getLogger(__name__)
-
-
-def data_dir() -> Path:
-    """Root of generated data (TFDS builds, the vocabulary): $SLM_DATA_DIR or <repo>/data_cache.
-
-    Read at use time, not at import time, so changing the variable redirects everything."""
-    return Path(os.environ.get("SLM_DATA_DIR") or REPO_ROOT / "data_cache")
-
-
-def tfds_dir() -> Path:
-    return data_dir() / "tfds"
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -153,7 +140,8 @@ class InMemoryCorpus(Corpus):
 # ----------------------------------------------------------------------------- data source
 
 
-def _to_py(v):
+def to_py(v):
+    """A numpy value of a tf.data example as Python: bytes -> str, scalars -> int/float/bool."""
     if isinstance(v, np.ndarray):
         v = v.item() if v.ndim == 0 else v
     if isinstance(v, bytes):
@@ -211,7 +199,7 @@ def apply_make(ds: tf.data.Dataset, make: Make, task_name: str) -> tf.data.Datas
         flat = tf.nest.flatten(record)
 
         def py(*values):
-            out = make(tf.nest.pack_sequence_as(structure, [_to_py(v) for v in values]))
+            out = make(tf.nest.pack_sequence_as(structure, [to_py(v) for v in values]))
             if out is None:
                 return b"", b"", False
             return out[0].encode("utf-8"), out[1].encode("utf-8"), True
@@ -376,9 +364,9 @@ METRICS = {"asr": (wer, cer), "ast": (bleu, chrf), "exact_match": (exact_match,)
 
 def output_features(vocabulary: seqio.Vocabulary | None = None,
                     feature_config: features_lib.FeatureConfig = DEFAULT_FEATURES) -> dict[str, seqio.Feature]:
-    """The three task features SLMFeatureConverter expects."""
+    """The three task features SLMFeatureConverter expects (default vocabulary:
+    tasks.vocab.get_vocabulary())."""
     if vocabulary is None:
-        from tasks import vocab
         vocabulary = vocab.get_vocabulary()
     return {
         "speech": seqio.ContinuousFeature(dtype=tf.float32, rank=2),

@@ -17,14 +17,14 @@ import os
 import re
 from pathlib import Path
 
-from tasks import asr, common, instruct, world_text
+from tasks import asr, common, paths, prompts, world_text
 
 FILE_RE = re.compile(r"^(\d)_([A-Za-z0-9]+)_(\d+)\.wav$")
 
 
 def fsdd_dir() -> Path | None:
     """The folder holding the WAV files, or None when absent."""
-    root = Path(os.environ.get("SLM_FSDD_DIR") or common.REPO_ROOT.parent / "shared" / "data" / "fsdd")
+    root = Path(os.environ.get("SLM_FSDD_DIR") or paths.REPO_ROOT.parent / "shared" / "data" / "fsdd")
     for d in (root / "recordings", root):
         if d.is_dir() and any(FILE_RE.match(f) for f in os.listdir(d)):
             return d
@@ -76,5 +76,5 @@ def register_fsdd(directory: str | os.PathLike | None = None) -> list[str]:
         return []
     corpus = FSDDCorpus(directory)
     names = asr.register_asr_tasks("fsdd", corpus, ["en"])
-    common.register_task("fsdd_digits", corpus, instruct.digits_maker(), common.METRICS["exact_match"])
+    common.register_task("fsdd_digits", corpus, prompts.digits_maker(), common.METRICS["exact_match"])
     return names + ["fsdd_digits"]

@@ -23,7 +23,7 @@ import gin
 import numpy as np
 
 from slm_jax.data import bucket_bound
-from tasks import instruct, spoken_world, vocab as vocab_lib, world_text
+from tasks import prompts, vocab as vocab_lib, world_text
 
 TEXT_SEED = {"train": 424242, "validation": 515151, "test": 616161}
 NUM_SENTINELS = 24
@@ -31,12 +31,12 @@ NUM_SENTINELS = 24
 
 @functools.lru_cache(maxsize=8)
 def _records(split: str, n_items: int) -> tuple:
-    return tuple(spoken_world.text_records(world_text.generate_items(n_items, TEXT_SEED[split]), f"text-{split}"))
+    return tuple(world_text.text_records(world_text.generate_items(n_items, TEXT_SEED[split]), f"text-{split}"))
 
 
 def instruction_examples(split: str, n_items: int, makers=None) -> list[tuple[str, str, str, str]]:
     """(task name, text, instruction, target) for every (record, maker) pair that applies."""
-    makers = makers or instruct.world_makers()
+    makers = makers or prompts.world_makers()
     out = []
     for r in _records(split, n_items):
         for make in makers:
@@ -110,10 +110,11 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
                  batch_size: int = 32, seed: int = 0, shuffle: bool = True, start_batch: int = 0,
                  shard_index: int = 0, num_shards: int = 1, n_items: int = 4000, span_fraction: float = 0.3,
                  model_vocab_size: int = 1024, first_tasks: Sequence[str] = (), first_batches: int = 0,
-                 target_buckets: Sequence[int] = (), pack: bool = False,
-                 **unused) -> Iterator[dict[str, np.ndarray]]:
+                 target_buckets: Sequence[int] = (), pack: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches for T5TaskModel: a `span_fraction` share of span-corruption examples,
-    the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}.
+    the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}. The first nine
+    parameters are the input_fn contract of slm_jax's `train`; `task` and `shuffle` select
+    nothing (there is one text stream, always drawn at random from `seed`).
 
     `target_buckets` (e.g. (16,)): pad each batch's targets only to the smallest bucket that
     holds its longest target (else to feature_lengths["targets"]): one compiled step per bucket,

@@ -52,7 +52,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from slm_jax import features as features_lib
-from tasks import common, world_text
+from tasks import common, paths, world_text
 
 LANGUAGES = world_text.LANGUAGES
 SPLITS = ("train", "validation", "test")
@@ -91,25 +91,10 @@ CONFIGS = {
 # ----------------------------------------------------------------------------- the plan
 
 
-def text_records(items: list[world_text.Item], prefix: str) -> list[dict]:
-    """Records (everything but audio and voice settings) of `items`, one per language."""
-    records = []
-    for i, item in enumerate(items):
-        item_id = f"{prefix}-{i:06d}"
-        for lang in LANGUAGES:
-            records.append({
-                "id": f"{item_id}-{lang}", "item_id": item_id, "language": lang, "text": item.texts[lang],
-                "kind": item.kind, "value": int(item.value), "written": item.written,
-                "translations": dict(item.texts), "slots": dict(item.slots),
-                "voice": "", "speed": 0, "pitch": 0,
-            })
-    return records
-
-
 @functools.lru_cache(maxsize=32)
 def _plan(seed: int, split: str, n: int) -> tuple:
     items = world_text.generate_items(n, seed * 7919 + _SPLIT_INDEX[split])
-    records = text_records(items, split)
+    records = world_text.text_records(items, split)
     rng = random.Random(f"spoken_world-voices-{seed}-{split}")
     for r in records:
         r["voice"] = rng.choice(VOICE_POOLS[split])
@@ -245,7 +230,7 @@ class SpokenWorld(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ ==
 
 
 def builder(config: str | SpokenWorldConfig, data_dir: str | os.PathLike | None = None) -> SpokenWorld:
-    return SpokenWorld(config=config, data_dir=os.fspath(data_dir or common.tfds_dir()))
+    return SpokenWorld(config=config, data_dir=os.fspath(data_dir or paths.tfds_dir()))
 
 
 def prepare(config: str | SpokenWorldConfig, data_dir=None, verbose: bool = True) -> SpokenWorld:

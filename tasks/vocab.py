@@ -3,9 +3,9 @@
 - The world vocabulary: a small SentencePiece unigram model (1000 pieces by default, T5 ids:
   pad=0, eos=1, unk=2, no bos; byte fallback so any text round-trips; digits split) trained
   deterministically on world_text renderings in all four languages plus every instruction
-  the registered spoken-world tasks produce. It is trained on first use (about a second)
-  and cached under <data dir>/vocab/, its file name carrying a hash of the training text and
-  settings, so a changed generator never reads a stale model.
+  and target the spoken-world makers (tasks/prompts.py) produce. It is trained on first use
+  (about a second) and cached under <data dir>/vocab/, its file name carrying a hash of the
+  training text and settings, so a changed generator never reads a stale model.
 - The mT5 vocabulary (real runs): any SentencePiece model by path, e.g. mT5's spiece.model,
   from the `path` argument or $SLM_MT5_VOCAB.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import gin
 import seqio
 
-from tasks import common, world_text
+from tasks import paths, prompts, world_text
 
 VOCAB_SIZE = 1000
 VOCAB_SEED = 20231001
@@ -38,13 +38,12 @@ _SPM_SETTINGS = dict(
 
 def training_sentences() -> list[str]:
     """The text the world vocabulary is trained on, in a fixed order."""
-    from tasks import instruct, spoken_world  # lazy: they import this module
     items = world_text.generate_items(VOCAB_ITEMS, VOCAB_SEED)
     sentences = [t for item in items for t in item.texts.values()]
     for lang in world_text.LANGUAGES:
         for words in world_text.lexicon_words(lang).values():
             sentences.extend(words)
-    records = spoken_world.text_records(items, "vocab")
+    records = world_text.text_records(items, "vocab")
     seen = set(sentences)
 
     def add(strings):
@@ -52,12 +51,12 @@ def training_sentences() -> list[str]:
             if s and s not in seen:
                 seen.add(s)
                 sentences.append(s)
-    for make in instruct.world_makers():
+    for make in prompts.world_makers():
         for r in records:
             add(make(r) or ())
     for r in records:  # every question type, not only the one drawn per utterance
         if r["kind"] == "sentence":
-            add(s for qa in instruct.qa_questions(r).values() for s in qa)
+            add(s for qa in prompts.qa_questions(r).values() for s in qa)
     return sentences
 
 
@@ -74,7 +73,7 @@ def world_spm_path(vocab_size: int = VOCAB_SIZE, root: str | None = None) -> Pat
     """Path of the cached world SentencePiece model, trained first if missing."""
     sentences = training_sentences()
     digest = hashlib.sha256(repr((sentences, vocab_size, sorted(_SPM_SETTINGS.items()))).encode()).hexdigest()[:12]
-    path = Path(root or common.data_dir()) / "vocab" / f"world_spm_{vocab_size}_{digest}.model"
+    path = Path(root or paths.data_dir()) / "vocab" / f"world_spm_{vocab_size}_{digest}.model"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -93,7 +92,7 @@ class WorldVocabulary(seqio.SentencePieceVocabulary):
 
     def _model_context(self):
         if not self._model:
-            self._sentencepiece_model_file = str(world_spm_path(self._world_vocab_size, str(common.data_dir())))
+            self._sentencepiece_model_file = str(world_spm_path(self._world_vocab_size, str(paths.data_dir())))
         return super()._model_context()
 
     @property

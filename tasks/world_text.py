@@ -16,7 +16,8 @@ of each other by construction) plus structured fields that instruction tasks can
 Numbers use num2words; sentences come from two templates and a small hand-written lexicon
 with the agreement each language needs (French/Spanish adjective gender and plural after the
 noun, German strong plural adjectives). Everything is a pure function of (n, seed):
-`generate_items(n, seed)` always returns the same items.
+`generate_items(n, seed)` always returns the same items. `text_records(items, prefix)` turns
+items into the per-utterance records tasks read (one per language; see tasks/__init__.py).
 """
 
 from __future__ import annotations
@@ -310,3 +311,22 @@ def lexicon_words(lang: str) -> dict[str, list[str]]:
                           (COLOURS[k][i] if isinstance(COLOURS[k][i], tuple) else (COLOURS[k][i],))}),
     }
     return words
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def text_records(items: list[Item], prefix: str) -> list[dict]:
+    """Per-utterance records of `items`, one per language, ids "{prefix}-{i:06d}-{lang}": the
+    record fields of spoken_world without audio (voice "", speed and pitch 0)."""
+    records = []
+    for i, item in enumerate(items):
+        item_id = f"{prefix}-{i:06d}"
+        for lang in LANGUAGES:
+            records.append({
+                "id": f"{item_id}-{lang}", "item_id": item_id, "language": lang, "text": item.texts[lang],
+                "kind": item.kind, "value": int(item.value), "written": item.written,
+                "translations": dict(item.texts), "slots": dict(item.slots),
+                "voice": "", "speed": 0, "pitch": 0,
+            })
+    return records

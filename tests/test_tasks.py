@@ -17,7 +17,7 @@ import tensorflow as tf
 import tasks
 from slm_jax import features as features_lib
 from slm_jax.data import bucket_bound, SLMFeatureConverter, get_batches
-from tasks import common, fsdd, local_manifest, spoken_world, vocab, world_text
+from tasks import common, fsdd, local_manifest, paths, spoken_world, vocab, world_text
 
 LENGTHS = {"speech": 800, "instruction": 48, "targets": 48}
 EOS = 1
@@ -39,7 +39,7 @@ def _stored(data_dir_path, split):
     b = spoken_world.builder("tiny", data_dir_path)
     out = {}
     for ex in b.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
-        ex = tf.nest.map_structure(common._to_py, ex)
+        ex = tf.nest.map_structure(common.to_py, ex)
         out[ex["id"]] = ex
     return out
 
@@ -101,7 +101,7 @@ def test_registered_names():
 def test_tiny_build_determinism_and_heldout_voices(data_dir, tmp_path):
     spoken_world.prepare("tiny", data_dir=tmp_path / "tfds", verbose=False)
     for split, pool in spoken_world.VOICE_POOLS.items():
-        first, second = _stored(common.tfds_dir(), split), _stored(tmp_path / "tfds", split)
+        first, second = _stored(paths.tfds_dir(), split), _stored(tmp_path / "tfds", split)
         assert sorted(first) == sorted(second)
         plan = {r["id"]: r for r in spoken_world.plan(spoken_world.CONFIGS["tiny"], split)}
         assert sorted(first) == sorted(plan)
@@ -112,7 +112,7 @@ def test_tiny_build_determinism_and_heldout_voices(data_dir, tmp_path):
             seconds = ex["audio"].size / 16000
             assert 0.3 < seconds < 8 and np.abs(ex["audio"]).max() > 1000, (uid, seconds)
         assert 10 <= len(first) <= 100  # "a few dozen"
-    voices = {s: {ex["voice"] for ex in _stored(common.tfds_dir(), s).values()} for s in spoken_world.SPLITS}
+    voices = {s: {ex["voice"] for ex in _stored(paths.tfds_dir(), s).values()} for s in spoken_world.SPLITS}
     assert not voices["train"] & voices["test"] and not voices["train"] & voices["validation"]
     assert not voices["validation"] & voices["test"]
 
@@ -125,7 +125,7 @@ def test_counts_match_pipeline(data_dir):
         assert n == task.num_input_examples("validation") > 0, name
     # all splits: the make functions see the same records in the plan and in the stored data
     for split in spoken_world.SPLITS:
-        stored = [{k: v for k, v in ex.items() if k != "audio"} for ex in _stored(common.tfds_dir(), split).values()]
+        stored = [{k: v for k, v in ex.items() if k != "audio"} for ex in _stored(paths.tfds_dir(), split).values()]
         for name in _tiny_tasks():
             src = seqio.get_mixture_or_task(name).source
             assert sum(src.make(r) is not None for r in stored) == src.num_input_examples(split), (name, split)
@@ -151,7 +151,7 @@ def test_tf_log_mel_matches_numpy_front_end(data_dir):
     """The pipeline's TensorFlow front ends equal slm_jax.features: log-mel to 1e-6 (float64
     inside both; bit-identical in practice), w2v-BERT fbank to 1e-4."""
     rng = np.random.default_rng(0)
-    utterance = next(iter(_stored(common.tfds_dir(), "test").values()))["audio"].astype(np.float32) / 32768
+    utterance = next(iter(_stored(paths.tfds_dir(), "test").values()))["audio"].astype(np.float32) / 32768
     noise = (0.1 * rng.standard_normal(16000 + 77)).astype(np.float32)
     noise[:5000] *= 1e-5  # near-silence exercises the clamp
     for audio in (utterance, noise, noise[:201]):
@@ -229,8 +229,8 @@ def test_process_exits_with_live_iterators(data_dir):
             "its = [get_batches(n, 'train', feature_lengths=L, batch_size=2) for n in "
             "('spoken_world_tiny_all', 'spoken_world_tiny_qa')]\n"
             "[next(i) for i in its]\nprint('batched', flush=True)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=str(common.REPO_ROOT), capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(common.REPO_ROOT)})
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(paths.REPO_ROOT), capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(paths.REPO_ROOT)})
     assert proc.returncode == 0 and "batched" in proc.stdout, proc.stderr[-2000:]
 
 
@@ -426,7 +426,7 @@ def test_speech_buckets_pad_to_their_bound_lose_nothing_and_resume(data_dir):
 def test_text_examples_are_the_utterances_a_bounded_speech_evaluation_scores(data_dir):
     """The demo's text-input rows score the same first N utterances as its speech rows: the
     corpus's unshuffled read order, which differs from the listing's (tfds shards)."""
-    from slm_jax.demo_report import text_examples
+    from slm_jax.demo_baselines import text_examples
     v = vocab.get_vocabulary()
     for name in ("spoken_world_tiny_asr_fr", "spoken_world_tiny_ast_en_de"):
         speech = [v.decode([t for t in row if t > EOS]) for b in get_batches(
