@@ -52,8 +52,23 @@ FEATURE_LENGTHS = {"speech": 64, "instruction": 12, "targets": 12}
 
 def gin_tiny(*bindings: str) -> None:
     """Parse the tiny model config plus bindings into a clean gin state."""
+    from slm_jax import train_lib  # noqa: F401  (registers RunConfig, which tiny.gin binds)
     gin.clear_config()
     gin.parse_config_files_and_bindings([TINY_GIN], list(bindings))
+
+
+def tiny_run(run_dir, *bindings: str, task: str | None = None) -> None:
+    """A fresh gin config, as `python -m slm_jax.main --gin_file=<tiny.gin>` would parse it, of a
+    tiny-model run in `run_dir` that trains and evaluates on the fixed task (batches of 8,
+    synchronous checkpoints); `bindings` (gin syntax, e.g. "RunConfig.train_steps=2") add to or
+    override it. Build the configs with train_lib.RunConfig() / TrainConfig() / eval_lib.EvalConfig()."""
+    from slm_jax import eval_lib, gin_utils  # noqa: F401  (eval_lib and train_lib register the configs)
+    task = task or register_fixed_task()
+    gin_utils.parse_config([TINY_GIN], [
+        f"RunConfig.run_dir='{run_dir}'", "RunConfig.async_save=False",
+        f"TrainConfig.train_task='{task}'", f"TrainConfig.feature_lengths={FEATURE_LENGTHS}",
+        "TrainConfig.batch_size=8", f"EvalConfig.eval_tasks=['{task}']",
+        f"EvalConfig.feature_lengths={FEATURE_LENGTHS}", "EvalConfig.batch_size=8", *bindings])
 
 
 def copy_batch(rng: np.random.Generator, batch_size: int = 32, max_chars: int = 10, length: int = 12) -> dict:

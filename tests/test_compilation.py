@@ -125,7 +125,7 @@ from jax import monitoring
 hits = []
 monitoring.register_event_listener(lambda e, **kw: hits.append(e) if e == "/jax/compilation_cache/cache_hits" else None)
 import jax, jax.numpy as jnp
-from slm_jax.main import enable_compilation_cache
+from slm_jax.gin_utils import enable_compilation_cache
 print("DIR", enable_compilation_cache())
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())

@@ -1,5 +1,6 @@
 """Trainer: sharded steps match a single device, frozen weights stay frozen, accumulation,
-checkpoint resume, config mismatch, and end-to-end overfitting through main.py."""
+checkpoint resume, config mismatch, and end-to-end overfitting through train_lib / eval_lib with
+configs built from gin as `python -m slm_jax.main` builds them."""
 
 import dataclasses
 import json
@@ -7,14 +8,13 @@ import os
 import re
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 import optax
 import pytest
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, fixed_examples, pretrain_tiny_llm, register_fixed_task
-from slm_jax import configs, main
+from helpers import FEATURE_LENGTHS, fixed_examples, pretrain_tiny_llm, register_fixed_task, tiny_run
+from slm_jax import configs, eval_lib, gin_utils, train_lib
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
@@ -114,15 +114,18 @@ def test_split_and_merge_roundtrip():
         split_trainable(params, ["nothing/.*"])
 
 
-# ----------------------------------------------------------------------------- through main.py
+# ----------------------------------------------------------------------------- train_lib / eval_lib
 
-def _main(run_dir, *bindings):
-    task = register_fixed_task()
-    return main.main([f"--gin_file={TINY_GIN}", f"--gin.run.run_dir='{run_dir}'",
-                      f"--gin.train.train_task='{task}'", f"--gin.train.feature_lengths={FEATURE_LENGTHS}",
-                      f"--gin.evaluate.eval_tasks=['{task}']", f"--gin.evaluate.feature_lengths={FEATURE_LENGTHS}",
-                      "--gin.train.batch_size=8", "--gin.evaluate.batch_size=8", "--gin.setup.async_save=False",
-                      *bindings])
+def _train(run_dir, *bindings):
+    """train_lib.train with the configs gin builds from tiny.gin + bindings (main's train mode)."""
+    tiny_run(run_dir, *bindings)
+    return train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
+
+
+def _eval(run_dir, *bindings, data=None):
+    """eval_lib.evaluate_run at the run's latest checkpoint (main's eval mode)."""
+    tiny_run(run_dir, *bindings)
+    return eval_lib.evaluate_run(train_lib.RunConfig(), eval_lib.EvalConfig(), data)
 
 
 def _losses(run_dir):
@@ -131,11 +134,11 @@ def _losses(run_dir):
 
 
 def test_resume_reproduces_uninterrupted_loss_curve(tmp_path):
-    common = ["--gin.train.train_steps=10", "--gin.train.log_every=1", "--gin.setup.save_every=4"]
-    _main(tmp_path / "full", *common)
-    _main(tmp_path / "split", *common, "--gin.train.stop_after=6")   # "preempted" at step 6
+    common = ["RunConfig.train_steps=10", "TrainConfig.log_every=1", "RunConfig.save_every=4"]
+    _train(tmp_path / "full", *common)
+    _train(tmp_path / "split", *common, "TrainConfig.stop_after=6")   # "preempted" at step 6
     assert max(_losses(tmp_path / "split")) == 6
-    _main(tmp_path / "split", *common)                                # resumes from step 6
+    _train(tmp_path / "split", *common)                                # resumes from step 6
     full, split = _losses(tmp_path / "full"), _losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 11))
     np.testing.assert_allclose([split[s] for s in range(1, 11)], [full[s] for s in range(1, 11)], rtol=1e-6)
@@ -147,7 +150,7 @@ def test_sigterm_saves_ends_the_process_and_the_rerun_resumes(tmp_path, monkeypa
     command then finishes the run with the uninterrupted loss curve."""
     import signal
     from slm_jax.checkpoints.manager import TrainCheckpointer
-    common = ["--gin.train.train_steps=6", "--gin.train.log_every=1", "--gin.setup.save_every=100"]
+    common = ["RunConfig.train_steps=6", "TrainConfig.log_every=1", "RunConfig.save_every=100"]
     save, before = TrainCheckpointer.maybe_save, signal.getsignal(signal.SIGTERM)
 
     def maybe_save(self, step, state, force=False):
@@ -157,61 +160,71 @@ def test_sigterm_saves_ends_the_process_and_the_rerun_resumes(tmp_path, monkeypa
 
     monkeypatch.setattr(TrainCheckpointer, "maybe_save", maybe_save)
     with pytest.raises(SystemExit) as stopped:
-        _main(tmp_path / "run", *common)
+        _train(tmp_path / "run", *common)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert max(_losses(tmp_path / "run")) == 3
     assert signal.getsignal(signal.SIGTERM) == before     # the run's handler was removed again
     monkeypatch.undo()
-    _main(tmp_path / "run", *common)
-    _main(tmp_path / "full", *common)
+    _train(tmp_path / "run", *common)
+    _train(tmp_path / "full", *common)
     run, full = _losses(tmp_path / "run"), _losses(tmp_path / "full")
     assert sorted(run) == list(range(1, 7))
     np.testing.assert_allclose([run[s] for s in range(1, 7)], [full[s] for s in range(1, 7)], rtol=1e-6)
 
 
 def test_eval_sample_is_built_once_per_task_and_reused_across_models(tmp_path, monkeypatch):
-    """evaluate(max_examples=N) keeps its bounded sample in memory: a second model evaluated on
-    the same task builds no new input pipeline, scores identical data, and a re-registered task
-    (a new task object under the same name) is read again."""
+    """An EvalDataCache keeps bounded samples (EvalConfig.max_examples=N) in memory: a second
+    evaluation sharing it builds no new input pipeline and scores identical data, so does another
+    model (the same targets, in the same order), a re-registered task (a new task object under
+    the same name) is read again, and an evaluation without the cache builds its own pipeline."""
     import seqio
     built = []
-    real = main.get_batches
-    monkeypatch.setattr(main, "get_batches", lambda name, *a, **k: (built.append(name), real(name, *a, **k))[1])
+    real = eval_lib.get_batches
+    monkeypatch.setattr(eval_lib, "get_batches", lambda name, *a, **k: (built.append(name), real(name, *a, **k))[1])
     task = register_fixed_task("test_fixed_asr_eval_memo")
-    args = ["--gin.run.mode='eval'", "--gin.evaluate.max_examples=3", f"--gin.evaluate.eval_tasks=['{task}']"]
-    first = _main(tmp_path / "a", *args)[task]
+    args = ["EvalConfig.max_examples=3", f"EvalConfig.eval_tasks=['{task}']"]
+    data = eval_lib.EvalDataCache()
+
+    def targets(run_dir):
+        (path,) = (run_dir / "eval").glob(f"{task}*.jsonl")
+        return [json.loads(line)["target"] for line in path.read_text().splitlines()]
+
+    first = _eval(tmp_path / "a", *args, data=data)[task]
     assert first["num_examples"] == 3 and built == [task]
-    again = _main(tmp_path / "b", *args)[task]                                    # same model: same scores
+    again = _eval(tmp_path / "b", *args, data=data)[task]                                   # same model: same scores
     assert {k: v for k, v in again.items() if k != "examples_per_s"} == \
         {k: v for k, v in first.items() if k != "examples_per_s"} and built == [task]
-    _main(tmp_path / "c", *args, "--gin.slm_jax.AdapterConfig.hidden_size=16")   # another model
+    _eval(tmp_path / "c", *args, "slm_jax.AdapterConfig.hidden_size=16", data=data)        # another model
     assert built == [task]
+    assert targets(tmp_path / "c") == targets(tmp_path / "a") == [e["text"] for e in fixed_examples()[:3]]
+    _eval(tmp_path / "e", *args)                                   # no cache: a pipeline of its own
+    assert built == [task, task]
     seqio.TaskRegistry.remove(task)
     register_fixed_task.__wrapped__(task)       # past the helper's cache: a new task object
-    _main(tmp_path / "d", *args)
-    assert built == [task, task]
+    _eval(tmp_path / "d", *args, data=data)
+    assert built == [task, task, task]
 
 
 def test_bounded_eval_scores_the_first_examples_with_or_without_speech_buckets(tmp_path):
-    """evaluate(max_examples=2) scores the split's first two utterances (36 and 52 frames); with
+    """EvalConfig.max_examples=2 scores the split's first two utterances (36 and 52 frames); with
     length buckets grouping would have picked the two short ones (36, 28) first."""
     task = register_fixed_task()
-    common = ["--gin.run.mode='eval'", "--gin.evaluate.max_examples=2", f"--gin.evaluate.eval_tasks=['{task}']"]
+    common = ["EvalConfig.max_examples=2", f"EvalConfig.eval_tasks=['{task}']"]
 
     def targets(run_dir, *extra):
-        _main(run_dir, *common, *extra)
+        _eval(run_dir, *common, *extra)
         (path,) = (run_dir / "eval").glob(f"{task}*.jsonl")
         return [json.loads(line)["target"] for line in path.read_text().splitlines()]
 
     want = [e["text"] for e in fixed_examples()[:2]]
     assert targets(tmp_path / "plain") == want
-    assert sorted(targets(tmp_path / "buckets", "--gin.get_batches.speech_buckets=[40]")) == sorted(want)
+    assert sorted(targets(tmp_path / "buckets", "get_batches.speech_buckets=[40]")) == sorted(want)
 
 
 def test_restore_with_other_config_names_the_difference(tmp_path):
-    _main(tmp_path, "--gin.train.train_steps=2")
+    _train(tmp_path, "RunConfig.train_steps=2")
     with pytest.raises(CheckpointError, match="hidden_size"):
-        _main(tmp_path, "--gin.train.train_steps=4", "--gin.slm_jax.AdapterConfig.hidden_size=16")
+        _train(tmp_path, "RunConfig.train_steps=4", "slm_jax.AdapterConfig.hidden_size=16")
 
 
 def test_setup_loads_foundations_and_initialises_the_rest_as_a_full_init_would(tmp_path):
@@ -219,14 +232,16 @@ def test_setup_loads_foundations_and_initialises_the_rest_as_a_full_init_would(t
     init): they equal a full init's, and the LLM holds exactly the checkpoint's values."""
     from helpers import gin_tiny
     from slm_jax.checkpoints.params_io import save_params
+    RunConfig = train_lib.RunConfig
     gin_tiny()
-    full = main.setup(str(tmp_path / "a"), model=SLMTaskModel(), trainable_patterns=["adapter/.*"])
-    full_params = merge_params(full.trainable, full.frozen)
+    full = train_lib.setup(RunConfig(run_dir=str(tmp_path / "a"), model=SLMTaskModel(),
+                                     trainable_patterns=["adapter/.*"]))
+    full_params = full.params(full.trainable)
     llm = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, full_params["llm"])   # not the init
     save_params(str(tmp_path / "llm.msgpack"), llm)
     gin_tiny()
-    part = main.setup(str(tmp_path / "b"), model=SLMTaskModel(), trainable_patterns=["adapter/.*"],
-                      llm_checkpoint=str(tmp_path / "llm.msgpack"))
+    part = train_lib.setup(RunConfig(run_dir=str(tmp_path / "b"), model=SLMTaskModel(),
+                                     trainable_patterns=["adapter/.*"], llm_checkpoint=str(tmp_path / "llm.msgpack")))
     part_params = merge_params(part.trainable, part.frozen)
     assert list(part_params) == list(full_params)
     for kind in full_params:
@@ -236,9 +251,12 @@ def test_setup_loads_foundations_and_initialises_the_rest_as_a_full_init_would(t
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     from slm_jax.task_model import CTCTaskModel
     gin_tiny()
-    ctc = CTCTaskModel(gin.query_parameter("slm_jax.SLMConfig.speech_encoder").scoped_configurable_fn(), vocab_size=8)
+    ctc = CTCTaskModel(gin_utils.query("slm_jax.SLMConfig.speech_encoder"), vocab_size=8)
     with pytest.raises(ValueError, match="llm_checkpoint given but the model has no 'llm' subtree"):
-        main.setup(str(tmp_path / "c"), model=ctc, trainable_patterns=[".*"], llm_checkpoint=str(tmp_path / "llm.msgpack"))
+        train_lib.setup(RunConfig(run_dir=str(tmp_path / "c"), model=ctc, trainable_patterns=[".*"],
+                                  llm_checkpoint=str(tmp_path / "llm.msgpack")))
+    for s in (full, part):
+        s.checkpointer.close()
 
 
 @pytest.fixture(scope="module")
@@ -251,20 +269,19 @@ def tiny_llm(tmp_path_factory):
 
 def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path, tiny_llm):
     task = register_fixed_task()
-    llm = f"--gin.setup.llm_checkpoint='{tiny_llm}'"
-    untrained = _main(tmp_path / "untrained", "--gin.run.mode='eval'", llm)[task]["wer"]
-    res = _main(tmp_path, "--gin.train.train_steps=300", "--gin.train.log_every=50", llm,
-                "--gin.make_schedule.learning_rate=1e-2", "--gin.make_schedule.warmup_steps=20")
+    llm = f"RunConfig.llm_checkpoint='{tiny_llm}'"
+    untrained = _eval(tmp_path / "untrained", llm)[task]["wer"]
+    res = _train(tmp_path, "RunConfig.train_steps=300", "TrainConfig.log_every=50", llm,
+                 "make_schedule.learning_rate=1e-2", "make_schedule.warmup_steps=20")
     assert res["loss"] < 0.2, res
     losses = _losses(tmp_path)
     assert losses[300] < 0.1 * losses[50]
-    greedy = _main(tmp_path, "--gin.run.mode='eval'", llm)
+    greedy = _eval(tmp_path, llm)
     assert untrained >= 0.9 and greedy[task]["wer"] == 0.0, (untrained, greedy)
-    beam1 = _main(tmp_path, "--gin.run.mode='eval'", llm, "--gin.DecodeConfig.method='beam'",
-                  "--gin.DecodeConfig.beam_size=1", "--gin.DecodeConfig.alpha=0.0", "--gin.evaluate.tag='_beam1'")
+    beam1 = _eval(tmp_path, llm, "DecodeConfig.method='beam'", "DecodeConfig.beam_size=1", "DecodeConfig.alpha=0.0",
+                  "EvalConfig.tag='_beam1'")
     pred = lambda tag: (tmp_path / f"eval/{task}{tag}_step300.jsonl").read_text()  # noqa: E731
     assert pred("_beam1") == pred("")
     assert beam1[task]["wer"] == 0.0
-    beam4 = _main(tmp_path, "--gin.run.mode='eval'", llm, "--gin.DecodeConfig.method='beam'",
-                  "--gin.DecodeConfig.beam_size=4", "--gin.evaluate.tag='_beam4'")
+    beam4 = _eval(tmp_path, llm, "DecodeConfig.method='beam'", "DecodeConfig.beam_size=4", "EvalConfig.tag='_beam4'")
     assert beam4[task]["wer"] == 0.0
