@@ -39,9 +39,7 @@ class EvalConfig:
     tag: str = ""
 
     def __post_init__(self):
-        for name in ("eval_tasks", "feature_lengths"):
-            if getattr(self, name) is None:
-                raise ValueError(f"EvalConfig.{name} is not set (bind it in gin: EvalConfig.{name} = ...)")
+        gin_utils.require(self, "eval_tasks", "feature_lengths")
 
 
 @gin.configurable

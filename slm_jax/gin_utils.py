@@ -100,6 +100,15 @@ def scoped_config(files: Sequence[str], bindings: Sequence[str] = ()) -> Iterato
             gin.parse_config(saved)
 
 
+def require(config: Any, *names: str) -> None:
+    """ValueError naming the first field of `config` (a config dataclass) among `names` that is
+    None: a setting the run needs and gin did not bind."""
+    for name in names:
+        if getattr(config, name) is None:
+            kind = type(config).__name__
+            raise ValueError(f"{kind}.{name} is not set (bind it in gin: {kind}.{name} = ...)")
+
+
 def bindings_of(configurable: str) -> dict[str, Any]:
     """The gin bindings of one configurable (e.g. what shapes `get_batches`' batches)."""
     return dict(gin.get_bindings(configurable))

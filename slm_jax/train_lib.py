@@ -15,7 +15,7 @@ import gin
 import jax
 import numpy as np
 
-from slm_jax import cached_features
+from slm_jax import cached_features, gin_utils
 from slm_jax.checkpoints.manager import TrainCheckpointer
 from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
@@ -55,9 +55,7 @@ class RunConfig:
     async_save: bool = True
 
     def __post_init__(self):
-        for name in ("run_dir", "model"):
-            if getattr(self, name) is None:
-                raise ValueError(f"RunConfig.{name} is not set (bind it in gin: RunConfig.{name} = ...)")
+        gin_utils.require(self, "run_dir", "model")
 
 
 @gin.configurable
@@ -86,9 +84,7 @@ class TrainConfig:
     export_subtree: str | None = None
 
     def __post_init__(self):
-        for name in ("train_task", "feature_lengths"):
-            if getattr(self, name) is None:
-                raise ValueError(f"TrainConfig.{name} is not set (bind it in gin: TrainConfig.{name} = ...)")
+        gin_utils.require(self, "train_task", "feature_lengths")
         if self.feature_cache_dir and self.input_fn is not get_batches:
             raise ValueError("TrainConfig: set feature_cache_dir or input_fn, not both "
                              "(the feature cache is the input)")
