@@ -7,17 +7,18 @@ import itertools
 import json
 import os
 import re
+import shutil
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, register_fixed_task
-from slm_jax import configs, feature_cache, main
-from slm_jax.checkpoints.params_io import save_params
+from helpers import FEATURE_LENGTHS, TINY_GIN, register_fixed_task, tiny_run
+from slm_jax import configs, feature_cache, train_lib
+from slm_jax.cached_features import StaleCacheError, build_cache, cached_batches, weights_id
+from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
-from slm_jax.feature_cache import StaleCacheError, build_cache, cached_batches, encoder_params_for, weights_id
 from slm_jax.models.slm import SLM
 from slm_jax.task_model import DecodeConfig, SLMTaskModel
 from slm_jax.trainer import split_trainable
@@ -25,15 +26,23 @@ from slm_jax.trainer import split_trainable
 CONFIG = configs.tiny_slm()
 
 
+def encoder_fingerprint(config=CONFIG, speech_encoder_checkpoint=None, seed=0):
+    """What training a run of this model, encoder checkpoint and seed checks a cache against."""
+    run = train_lib.RunConfig(run_dir="unused", model=SLMTaskModel(config),
+                              speech_encoder_checkpoint=speech_encoder_checkpoint, seed=seed)
+    return train_lib.cache_fingerprint(run)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A cache of the fixed task's train split, built from an encoder checkpoint file holding
     the encoder part of the SLM params (init seed 0)."""
     tmp = tmp_path_factory.mktemp("cache")
-    params = nn.meta.unbox(jax.jit(SLMTaskModel(CONFIG).init_boxed)(jax.random.PRNGKey(0)))
+    model = SLMTaskModel(CONFIG)
+    params = nn.meta.unbox(jax.jit(model.init_boxed)(jax.random.PRNGKey(0)))
     ckpt = str(tmp / "encoder.msgpack")
     save_params(ckpt, params["speech_encoder"])
-    enc = encoder_params_for(CONFIG, ckpt)
+    enc = load_foundation(ckpt, "speech_encoder", nn.meta.unbox(model.abstract_params())["speech_encoder"])
     for a, b in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(params["speech_encoder"])):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     manifest = build_cache(str(tmp / "c"), register_fixed_task(), "train", feature_lengths=FEATURE_LENGTHS,
@@ -42,9 +51,13 @@ def cache(tmp_path_factory):
     return dict(dir=str(tmp / "c"), ckpt=ckpt, params=params, manifest=manifest)
 
 
-def _cached(cache, **kw):
-    kw = dict(dict(feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False, cache_dir=cache["dir"],
-                   config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]), **kw)
+def _cached(cache, config=CONFIG, speech_encoder_checkpoint="<the cache's>", cache_dir=None, **kw):
+    """cached_batches of the fixture's cache (or `cache_dir`) for a run of `config` with that
+    encoder checkpoint (default: the one the cache was built from)."""
+    if speech_encoder_checkpoint == "<the cache's>":
+        speech_encoder_checkpoint = cache["ckpt"]
+    kw = dict(dict(feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False, cache_dir=cache_dir or cache["dir"],
+                   encoder_fingerprint=encoder_fingerprint(config, speech_encoder_checkpoint)), **kw)
     return cached_batches(register_fixed_task(), "train", **kw)
 
 
@@ -135,7 +148,7 @@ def test_stale_cache_is_refused_naming_the_file(cache, tmp_path):
         _cached(cache, speech_encoder_checkpoint=None)
     with pytest.raises(FileNotFoundError, match="validation/manifest.json"):
         cached_batches(register_fixed_task(), "validation", feature_lengths=FEATURE_LENGTHS, cache_dir=cache["dir"],
-                       config=CONFIG)
+                       encoder_fingerprint=encoder_fingerprint())
 
 
 def test_encoder_dropout_is_refused(tmp_path):
@@ -145,15 +158,15 @@ def test_encoder_dropout_is_refused(tmp_path):
                     encoder_params={}, weights=weights_id(None))
 
 
-# ----------------------------------------------------------------------------- through main.py
+# ----------------------------------------------------------------------------- a training run's cache
 
-def _flags(run_dir, *bindings):
-    task = register_fixed_task()
-    return [f"--gin_file={TINY_GIN}", f"--gin.run.run_dir='{run_dir}'", f"--gin.train.train_task='{task}'",
-            f"--gin.train.feature_lengths={FEATURE_LENGTHS}", "--gin.train.batch_size=8",
-            "--gin.train.train_steps=4", "--gin.train.log_every=1", "--gin.train.shuffle=False",
-            "--gin.setup.async_save=False", "--gin.make_schedule.learning_rate=1e-2",
-            "--gin.make_schedule.warmup_steps=1", *bindings]
+RUN_BINDINGS = ("RunConfig.train_steps=4", "TrainConfig.log_every=1", "TrainConfig.shuffle=False",
+                "make_schedule.learning_rate=1e-2", "make_schedule.warmup_steps=1")
+
+
+def _train(run_dir, *bindings):
+    tiny_run(run_dir, *RUN_BINDINGS, *bindings)
+    return train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
 
 
 def _losses(run_dir):
@@ -161,14 +174,20 @@ def _losses(run_dir):
         return [r["loss"] for r in map(json.loads, f)]
 
 
-def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path):
-    """Built by the CLI from the run's own gin config (random-init encoder, train.seed), then
-    trained with train.input_fn = @cached_batches; unshuffled, the batches are get_batches'."""
-    use_cache = ["--gin.train.input_fn=@cached_batches", f"--gin.cached_batches.cache_dir='{tmp_path / 'cache'}'"]
-    manifest = feature_cache.main(_flags(tmp_path / "cached", *use_cache))
+def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path, monkeypatch):
+    """Built by the entry point (slm_jax.feature_cache) from the run's own gin config (random-init
+    encoder, RunConfig.seed), then trained with TrainConfig.feature_cache_dir set; unshuffled, the
+    batches are get_batches'."""
+    monkeypatch.setenv("SLM_JAX_COMPILATION_CACHE", "off")   # the entry point's default: ~/.cache
+    use_cache = f"TrainConfig.feature_cache_dir='{tmp_path / 'cache'}'"
+    task = register_fixed_task()
+    manifest = feature_cache.main([f"--gin_file={TINY_GIN}", f"--gin.RunConfig.run_dir='{tmp_path / 'cached'}'",
+                                   f"--gin.TrainConfig.train_task='{task}'",
+                                   f"--gin.TrainConfig.feature_lengths={FEATURE_LENGTHS}",
+                                   "--gin.TrainConfig.batch_size=8", f"--gin.{use_cache}"])
     assert manifest["count"] == 4 and manifest["fingerprint"]["weights"] == {"init_seed": 0}
-    main.main(_flags(tmp_path / "cached", *use_cache))
-    main.main(_flags(tmp_path / "raw"))
+    _train(tmp_path / "cached", use_cache)
+    _train(tmp_path / "raw")
     raw, cached = _losses(tmp_path / "raw"), _losses(tmp_path / "cached")
     assert len(raw) == 4 and raw[-1] < raw[0]
     np.testing.assert_allclose(cached, raw, rtol=1e-5)
@@ -189,7 +208,7 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     gin.parse_config("get_batches.speech_buckets = [48]")
     try:
         build = lambda d, **kw: build_cache(d, mixture, "train", feature_lengths=FEATURE_LENGTHS, config=CONFIG,  # noqa: E731
-                                            encoder_params=encoder_params_for(CONFIG, cache["ckpt"]),
+                                            encoder_params=cache["params"]["speech_encoder"],
                                             weights=weights_id(cache["ckpt"]), batch_size=1, verbose=False, **kw)
         manifest = build(str(tmp_path))
         unshared = build(str(tmp_path / "unshared"), share_bytes=0)   # no frames kept: every example encoded
@@ -199,13 +218,14 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     # the two tasks share their audio: each utterance went through the encoder once
     assert manifest["build"]["encoded_utterances"] == 4 and unshared["build"]["encoded_utterances"] == 8
     assert manifest["frames"] == unshared["frames"]
+    fp = encoder_fingerprint(CONFIG, cache["ckpt"])
     one, other = (next(cached_batches(mixture, "train", feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False,
-                                      cache_dir=d, config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]))
+                                      cache_dir=d, encoder_fingerprint=fp))
                   for d in (str(tmp_path), str(tmp_path / "unshared")))
     assert all(np.array_equal(one[k], other[k]) for k in one)
     assert manifest["encoded_length"] == 8          # the longest bucket, whichever batch came last
     got = next(cached_batches(mixture, "train", feature_lengths=FEATURE_LENGTHS, batch_size=8, shuffle=False,
-                              cache_dir=str(tmp_path), config=CONFIG, speech_encoder_checkpoint=cache["ckpt"]))
+                              cache_dir=str(tmp_path), encoder_fingerprint=fp))
     raw = [next(get_batches(t, "train", feature_lengths=FEATURE_LENGTHS, batch_size=4, shuffle=False))
            for t in (first, second)]
     rows = lambda b: sorted(map(tuple, np.concatenate([b["instruction_tokens"], b["decoder_target_tokens"]], 1).tolist()))  # noqa: E731
@@ -214,7 +234,7 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     assert got["encoded_speech"].shape[1] == 8
 
 
-def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache):
+def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache, tmp_path):
     """speech_buckets: each window's examples sorted by length and padded to the smallest bucket
     that holds them; every example still read once per epoch, the loss unchanged by the padding,
     resumable, and the same global batches (and padding) on every host."""
@@ -248,7 +268,14 @@ def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache):
         for k in whole:
             assert np.array_equal(np.concatenate([h0[k], h1[k]]), whole[k]), k
 
-    # a cache written before the manifest listed lengths: read from the records instead
-    reader = feature_cache._Reader(os.path.join(cache["dir"], register_fixed_task(), "train"),
-                                   {**cache["manifest"], "frames": None})
-    assert reader.lengths().tolist() == [5, 7, 4, 6]
+    # a cache written before the manifest listed lengths: they are read from the records instead,
+    # and the bucketed batches are the same
+    old = os.path.join(tmp_path, register_fixed_task(), "train")
+    shutil.copytree(os.path.join(cache["dir"], register_fixed_task(), "train"), old)
+    manifest = {k: v for k, v in cache["manifest"].items() if k != "frames"}
+    with open(os.path.join(old, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    from_records = list(bucketed(num_epochs=1, cache_dir=str(tmp_path)))
+    assert [b["encoded_mask"].sum(1).tolist() for b in from_records] == [[4, 5], [6, 7]]
+    for a, b in zip(from_records, got, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -22,10 +22,10 @@ def _launch(run_dir, n_proc, devices_per_proc, steps, tmp_path):
     gin_file = tmp_path / "task.gin"
     gin_file.write_text("import register_fixed\n")
     args = [sys.executable, "-m", "slm_jax.main", f"--gin_file={TINY_GIN}", f"--gin_file={gin_file}",
-            f"--gin.run.run_dir='{run_dir}'", "--gin.train.train_task='test_fixed_asr'",
-            f"--gin.train.feature_lengths={FEATURE_LENGTHS}", "--gin.train.batch_size=8",
-            f"--gin.train.train_steps={steps}", "--gin.train.log_every=1", "--gin.train.shuffle=False",
-            "--gin.setup.save_every=2", "--gin.setup.async_save=False"]
+            f"--gin.RunConfig.run_dir='{run_dir}'", "--gin.TrainConfig.train_task='test_fixed_asr'",
+            f"--gin.TrainConfig.feature_lengths={FEATURE_LENGTHS}", "--gin.TrainConfig.batch_size=8",
+            f"--gin.RunConfig.train_steps={steps}", "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.shuffle=False",
+            "--gin.RunConfig.save_every=2", "--gin.RunConfig.async_save=False"]
     port = _free_port()
     procs = []
     for i in range(n_proc):

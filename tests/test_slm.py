@@ -183,11 +183,10 @@ def test_gin_configs_parse_and_match_presets():
     """gin/models/{tiny,paper}.gin are readable configs of the same models as the presets."""
     import gin
     from helpers import REPO
-    from slm_jax import main  # noqa: F401  (registers configurables)
+    from slm_jax import gin_utils, train_lib  # noqa: F401  (train_lib registers RunConfig, which the files bind)
     for name, preset in (("tiny", configs.tiny_slm()), ("paper", configs.paper_slm())):
-        gin.clear_config()
-        gin.parse_config_files_and_bindings([str(REPO / f"gin/models/{name}.gin")], [])
-        model = gin.query_parameter("setup.model").scoped_configurable_fn()
+        gin_utils.parse_config([str(REPO / f"gin/models/{name}.gin")])
+        model = gin_utils.query("RunConfig.model")
         cfg = model.config
         if name == "paper":  # the gin file computes in bfloat16
             assert cfg.llm.dtype == jnp.bfloat16
