@@ -461,7 +461,7 @@ def whole_speech_encoder():
 
 
 def cached_batch(model, params, batch) -> dict:
-    """`batch` as slm_jax.feature_cache.cached_batches yields it: the frozen encoder's outputs
+    """`batch` as slm_jax.cached_features.cached_batches yields it: the frozen encoder's outputs
     (after the adapter's parameter-free subsampling) instead of features, the same tokens."""
     from slm_jax.models.slm import SLM
     encode = jax.jit(lambda p, f, m: model.module.apply({"params": p}, f, m, method=SLM.speech_encoder_outputs))
