@@ -33,7 +33,6 @@ Flax and copied into `TorchAdapter` (the same layers written in torch).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
 import statistics
@@ -411,7 +410,7 @@ def adapter_trainer(model, lr: float = 1e-4, **adamw):
     return part, Trainer(model.loss_fn, tx, part, model.abstract_params(), trainable_patterns=("adapter/.*",))
 
 
-def ours_train_step(pair: Pair, batch, kept_frames_only: bool | None = None):
+def ours_train_step(pair: Pair, batch, kept_frames_only: bool = True):
     """Our adapter-only train step (`Trainer(trainable_patterns=("adapter/.*",))` on a 1-device
     mesh, AdamW with clipping 1.0), compiled for `batch`'s shapes. Returns (model, step, FLOPs
     per step from XLA's cost analysis, compile seconds). `step()` runs one step on `batch` and
@@ -420,9 +419,7 @@ def ours_train_step(pair: Pair, batch, kept_frames_only: bool | None = None):
 
     kept_frames_only: `SLMConfig.kept_frames_only` of the model built here. False: the speech
     encoder runs over every frame and the adapter subsamples its output, the work the torch
-    reference does (for its FLOP count). None: True, or False inside `whole_speech_encoder()`."""
-    if kept_frames_only is None:
-        kept_frames_only = not _WHOLE_SPEECH_ENCODER.get()
+    reference does (for its FLOP count)."""
     config = dataclasses.replace(pair.config, kept_frames_only=kept_frames_only)
     model = SLMTaskModel(config, z_loss=TRAIN_Z_LOSS)
     part, trainer = adapter_trainer(model, TRAIN_LR, b1=0.9, b2=0.98)
@@ -442,22 +439,6 @@ def ours_train_step(pair: Pair, batch, kept_frames_only: bool | None = None):
         return jax.block_until_ready(metrics["loss"]) if block else metrics["loss"]
 
     return model, step, float(cost["flops"]), compile_s
-
-
-_WHOLE_SPEECH_ENCODER = contextvars.ContextVar("whole_speech_encoder", default=False)
-
-
-@contextlib.contextmanager
-def whole_speech_encoder():
-    """Within: `ours_train_step` builds its model with `SLMConfig.kept_frames_only=False` (the
-    speech encoder over every frame, subsampled afterwards: the torch reference's work), as
-    `ours_train_step(..., kept_frames_only=False)` does. The choice is part of the model's
-    config, read when the model is built, so each compiled step holds its own."""
-    token = _WHOLE_SPEECH_ENCODER.set(True)
-    try:
-        yield
-    finally:
-        _WHOLE_SPEECH_ENCODER.reset(token)
 
 
 def cached_batch(model, params, batch) -> dict:
