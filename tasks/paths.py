@@ -3,17 +3,11 @@ under <data dir>/tfds, the world vocabulary under <data dir>/vocab)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from slm_jax.data_paths import REPO_ROOT, data_dir
 
-
-def data_dir() -> Path:
-    """Root of generated data (TFDS builds, the vocabulary): $SLM_DATA_DIR or <repo>/data_cache.
-
-    Read at use time, not at import time, so changing the variable redirects everything."""
-    return Path(os.environ.get("SLM_DATA_DIR") or REPO_ROOT / "data_cache")
+__all__ = ["REPO_ROOT", "data_dir", "tfds_dir"]
 
 
 def tfds_dir() -> Path:
