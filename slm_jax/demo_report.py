@@ -29,25 +29,50 @@ def fmt(x: float, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.1f}"
 
 
-def asr_ast_means(world: str, scores: Mapping[str, Mapping], wer_key: str = "wer") -> tuple[list[float], float, float]:
-    """(WER per language, mean WER, mean BLEU over the AST pairs) of one system."""
+X_EN = ("fr_en", "de_en", "es_en")
+EN_X = ("en_fr", "en_de", "en_es")
+FOUNDATION_NAMES = {"whisper_base": "Whisper base", "ctc_conformer": "CTC Conformer"}
+
+
+def asr_ast_means(world: str, scores: Mapping[str, Mapping], wer_key: str = "wer",
+                  bleu_key: str = "bleu") -> tuple[list[float], float, float, float]:
+    """(WER per language, mean WER, mean BLEU X -> en, mean BLEU en -> X) of one system."""
     wers = [value(scores.get(task_name(world, f"asr_{lang}"), {}), wer_key) for lang in LANGS]
-    bleus = [value(scores.get(task_name(world, f"ast_{p}"), {}), "bleu") for p in AST_PAIRS]
-    return wers, float(np.mean(wers)), float(np.mean(bleus))
+    bleu = lambda pairs: float(np.mean([value(scores.get(task_name(world, f"ast_{p}"), {}), bleu_key) for p in pairs]))
+    return wers, float(np.mean(wers)), bleu(X_EN), bleu(EN_X)
+
+
+def systems(rep: Mapping[str, Any]) -> list[tuple[str, Mapping, str, str]]:
+    """(row name, scores, WER key, BLEU key) of every system in the ASR / AST tables."""
+    meta = rep["meta"]
+    own = FOUNDATION_NAMES.get(meta.get("speech_foundation", "ctc_conformer"), "speech foundation")
+    rows = [(f"SLM, adapter depth {d}", rep["per_depth"][str(d)], "wer", "bleu") for d in meta["depths"]]
+    rows += [("untrained adapter", rep["untrained"], "wer", "bleu"),
+             (f"{own}'s own ASR" + (" / X -> en translation" if own == "Whisper base" else ""), rep["cascade"],
+              "asr_wer", "whisper_bleu"),
+             (f"cascade ({own} ASR -> LLM)", rep["cascade"], "wer", "bleu"),
+             ("text input (upper bound)", rep["text_after"], "wer", "bleu")]
+    return rows
 
 
 def asr_ast_table(rep: Mapping[str, Any]) -> list[str]:
     meta = rep["meta"]
     where = "held-out voices" if meta["eval_split"] == "test" else f"the {meta['eval_split']} split"
     lines = [f"## ASR (WER, {where}) and AST (BLEU)\n",
-             "| system | " + " | ".join(f"WER {lang}" for lang in LANGS) + " | WER avg | BLEU avg (6 pairs) |",
-             "|" + "---|" * (len(LANGS) + 3)]
-    systems = [(f"SLM, adapter depth {d}", rep["per_depth"][str(d)], "wer") for d in meta["depths"]]
-    systems += [("untrained adapter", rep["untrained"], "wer"), ("cascade (CTC ASR -> LLM)", rep["cascade"], "ctc_wer"),
-                ("text input (upper bound)", rep["text_after"], "wer")]
-    for name, scores, wer_key in systems:
-        wers, wer, bleu = asr_ast_means(meta["world"], scores, wer_key)
-        lines.append(f"| {name} | " + " | ".join(fmt(w, True) for w in wers) + f" | {fmt(wer, True)} | {fmt(bleu)} |")
+             "| system | " + " | ".join(f"WER {lang}" for lang in LANGS) + " | WER avg | BLEU X->en | BLEU en->X |",
+             "|" + "---|" * (len(LANGS) + 4)]
+    for name, scores, wer_key, bleu_key in systems(rep):
+        wers, wer, x_en, en_x = asr_ast_means(meta["world"], scores, wer_key, bleu_key)
+        lines.append(f"| {name} | " + " | ".join(fmt(w, True) for w in wers)
+                     + f" | {fmt(wer, True)} | {fmt(x_en)} | {fmt(en_x)} |")
+    lines += ["", "Whisper's own ASR is scored after writing its digits as words (the world's transcripts "
+              "spell numbers out); its WER row is its transcripts, the cascade row the LLM's output.", "",
+              "### AST per pair (BLEU)\n", "| system | " + " | ".join(AST_PAIRS) + " |", "|" + "---|" * (len(AST_PAIRS) + 1)]
+    for name, scores, _, bleu_key in systems(rep):
+        if name.startswith("SLM") and f"depth {meta['main_depth']}" not in name or name.startswith("untrained"):
+            continue
+        cells = [fmt(value(scores.get(task_name(meta["world"], f"ast_{p}"), {}), bleu_key)) for p in AST_PAIRS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -81,19 +106,70 @@ def frozen_llm_table(rep: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def fsdd_table(rep: Mapping[str, Any]) -> list[str]:
+    meta = rep["meta"]
+    lines = ["## Real human speech: FSDD spoken digits (English, 8 kHz, 4 speakers, zero-shot)\n"]
+    if not meta["fsdd_tasks"]:
+        return lines + [f"- not evaluated: {meta['fsdd_note']}", ""]
+    lines += [f"Clips scored per task: {meta.get('fsdd_examples') or 'all'} (spread over every speaker and digit).\n",
+              "| task | SLM (speech) | foundation's own ASR | cascade (ASR -> LLM) |", "|---|---|---|---|"]
+    for n in meta["fsdd_tasks"]:
+        key = "wer" if "_asr_" in n else "exact_match"
+        slm, casc = value(rep["zero_shot"].get(n, {}), key), value(rep["cascade"].get(n, {}), key)
+        own = value(rep["cascade"].get(n, {}), "asr_wer") if key == "wer" else float("nan")
+        lines.append(f"| {n} ({'WER' if key == 'wer' else 'digit accuracy'}) | {fmt(slm, True)} | {fmt(own, True)} | "
+                     f"{fmt(casc, True)} |")
+    return lines + [""]
+
+
+def at_least(x: float, *refs: float) -> bool:
+    """x >= every reference that was measured (NaN: not measured)."""
+    return all(r != r or x >= r for r in refs)
+
+
+def targets(rep: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, measured, reached) for the embedded default's stated targets."""
+    meta, world = rep["meta"], rep["meta"]["world"]
+    main = rep["per_depth"][str(meta["main_depth"])]
+    _, wer, _, _ = asr_ast_means(world, main)
+    _, own_wer, _, _ = asr_ast_means(world, rep["cascade"], "asr_wer")
+    _, casc_wer, _, _ = asr_ast_means(world, rep["cascade"])
+    bleu = lambda scores, p, key="bleu": value(scores.get(task_name(world, f"ast_{p}"), {}), key)
+    ast_ok = all(at_least(bleu(main, p), bleu(rep["cascade"], p), bleu(rep["cascade"], p, "whisper_bleu"))
+                 for p in X_EN)
+    qa = [value(rep[k].get(task_name(world, "qa"), {}), "exact_match") for k in ("zero_shot", "text_after")]
+    digits = value(rep["zero_shot"].get("fsdd_digits", {}), "exact_match")
+    frac = rep["param_counts"]["trainable_fraction"]
+    llm_same = rep["llm_sha"][0] == rep["llm_sha"][1] and rep["text_before"] == rep["text_after"]
+    return [
+        ("SLM ASR WER <= 15% (mean of 4 languages)", fmt(wer, True), wer <= 0.15),
+        ("... and below the foundation's own ASR and the cascade", f"{fmt(own_wer, True)} / {fmt(casc_wer, True)}",
+         wer < own_wer and wer < casc_wer),
+        ("AST BLEU >= cascade and >= Whisper-translate, every X -> en pair",
+         ", ".join(f"{p} {fmt(bleu(main, p))} vs {fmt(bleu(rep['cascade'], p))} / "
+                   f"{fmt(bleu(rep['cascade'], p, 'whisper_bleu'))}" for p in X_EN), ast_ok),
+        ("zero-shot spoken QA >= 70% of text", f"{fmt(qa[0], True)} of {fmt(qa[1], True)}",
+         qa[1] > 0 and qa[0] >= 0.7 * qa[1]),
+        ("FSDD digit accuracy >= 90% (zero-shot)", fmt(digits, True), digits >= 0.9),
+        ("adapter <= 2% of all parameters", f"{100 * frac:.2f}%", frac <= 0.02),
+        ("frozen LLM: file hash and text scores unchanged", str(llm_same), llm_same),
+    ]
+
+
+def targets_table(rep: Mapping[str, Any]) -> list[str]:
+    lines = ["## Targets\n", "| target | measured | reached |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(rep)]
+    return lines + [""]
+
+
 def markdown(rep: Mapping[str, Any]) -> str:
     """The report as Markdown."""
     meta, c = rep["meta"], rep["param_counts"]
     lines = [f"# SLM in miniature: report ({meta['run_dir']})\n",
              f"Trainable (adapter, depth {meta['main_depth']}): {c['trainable']:,} of {c['total']:,} parameters "
              f"= **{100 * c['trainable_fraction']:.2f}%** (speech encoder {c['speech_encoder']:,}, LLM {c['llm']:,}).\n"]
-    lines += asr_ast_table(rep) + zero_shot_tables(rep) + frozen_llm_table(rep)
-    lines.append("## Real human speech: FSDD spoken digits (English, 8 kHz, zero-shot)\n")
-    if meta["fsdd_tasks"]:
-        for n in meta["fsdd_tasks"]:
-            lines.append(f"- {n}: " + ", ".join(f"{k} {v:.3g}" for k, v in rep["zero_shot"].get(n, {}).items()))
-    else:
-        lines.append(f"- not evaluated: {meta['fsdd_note']}")
+    lines += targets_table(rep) + asr_ast_table(rep) + zero_shot_tables(rep) + frozen_llm_table(rep)
+    lines += fsdd_table(rep)
     lines += ["", "## Adapter training\n", "| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
     for k, v in rep["train"].items():
         lines.append(f"| {k} | {v.get('loss', float('nan')):.4f} | {v.get('accuracy', float('nan')):.3f} | {v.get('step')} |")
@@ -112,8 +188,9 @@ def plots(rep: Mapping[str, Any], out_dir: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(depths, [100 * m[1] for m in means], "o-")
     axes[0].set(xlabel="adapter depth", ylabel="WER (%)", title="ASR vs adapter depth")
-    axes[1].plot(depths, [m[2] for m in means], "o-", label="SLM")
-    axes[1].axhline(asr_ast_means(meta["world"], rep["cascade"], "ctc_wer")[2], color="gray", ls="--", label="cascade")
+    axes[1].plot(depths, [m[2] for m in means], "o-", label="SLM, X -> en")
+    axes[1].plot(depths, [m[3] for m in means], "s-", label="SLM, en -> X")
+    axes[1].axhline(asr_ast_means(meta["world"], rep["cascade"])[2], color="gray", ls="--", label="cascade, X -> en")
     axes[1].set(xlabel="adapter depth", ylabel="BLEU", title="AST vs adapter depth")
     axes[1].legend()
     fig.tight_layout()

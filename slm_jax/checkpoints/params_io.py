@@ -37,7 +37,8 @@ def load_params(path: str, abstract: Mapping[str, Any] | None = None) -> dict:
 def load_foundation(path: str, kind: str, abstract: Mapping[str, Any]) -> dict:
     """Load a frozen foundation's params from `path` for the SLM subtree `kind`
     ("speech_encoder" or "llm"): a msgpack file, or a Hugging Face directory (mT5/mT0 for the
-    LLM; w2v-BERT 2.0 or Whisper for the speech encoder)."""
+    LLM; w2v-BERT 2.0 or Whisper for the speech encoder), or a CTranslate2 Whisper directory
+    (model.bin) for the speech encoder."""
     if os.path.isfile(path):
         return load_params(path, abstract)
     if not os.path.isdir(path):
@@ -45,6 +46,9 @@ def load_foundation(path: str, kind: str, abstract: Mapping[str, Any]) -> dict:
     if kind == "llm":
         from slm_jax.checkpoints.hf_t5 import load_hf_t5
         _, params = load_hf_t5(path)
+    elif kind == "speech_encoder" and os.path.isfile(os.path.join(path, "model.bin")):
+        from slm_jax.checkpoints.ct2_whisper import load_encoder   # a CTranslate2 Whisper directory
+        _, params = load_encoder(path)
     elif kind == "speech_encoder":
         import json
         with open(os.path.join(path, "config.json")) as f:
