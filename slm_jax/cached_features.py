@@ -321,6 +321,9 @@ def _existing_cache(out_dir: str, fp: Mapping, feature_lengths: Mapping[str, int
     return None
 
 
+PROGRESS_EVERY_S = 30.0   # seconds between progress lines while a cache is built
+
+
 def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int,
                   encoder: SharedAudioEncoder) -> dict[str, int]:
     """Add every example of the task's (or each of the mixture's tasks') split to `encoder`,
@@ -328,11 +331,17 @@ def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], bat
     examples per task."""
     from slm_jax.data import get_batches
     per_task: dict[str, int] = {}
+    t0 = last = time.perf_counter()
     for name in _task_names(task):
         for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
                                  shuffle=False, seed=seed, num_epochs=1, drop_remainder=False):
             n = batch["features"].shape[0]
             per_task[name] = per_task.get(name, 0) + n
+            if time.perf_counter() - last > PROGRESS_EVERY_S:
+                last = time.perf_counter()
+                done = sum(per_task.values())
+                print(f"[feature cache] {name}: {done} examples read, {encoder.encoded} utterances encoded, "
+                      f"{done / (last - t0):.1f} examples/s", flush=True)
             for i in range(n):
                 targets = _trim(batch["decoder_target_tokens"][i])
                 tokens = (_trim(batch["instruction_tokens"][i]), batch["decoder_input_tokens"][i, :len(targets)],
