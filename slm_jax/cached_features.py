@@ -214,6 +214,14 @@ class ShardWriter:
             self._writer = None
 
 
+def jitted_encoder(config: SLMConfig):
+    """jit of `(speech_encoder params, features, feature_mask) -> SLM.speech_encoder_outputs`:
+    the frozen speech path whose outputs a cache stores and a precomputed batch carries."""
+    module = SLM(config)
+    return jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
+                                                method=SLM.speech_encoder_outputs))
+
+
 class SharedAudioEncoder:
     """Runs the frozen speech encoder (jitted) over examples' audio and hands each example, in
     the order added, to `write(frames, tokens)`.
@@ -228,9 +236,7 @@ class SharedAudioEncoder:
 
     def __init__(self, config: SLMConfig, encoder_params: Mapping[str, Any], batch_size: int,
                  share_bytes: int, write):
-        module = SLM(config)
-        self._encode = jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
-                                                            method=SLM.speech_encoder_outputs))
+        self._encode = jitted_encoder(config)
         self.params, self.batch_size, self.share_bytes, self.write = encoder_params, batch_size, share_bytes, write
         self.encoded, self.encoded_length, self.dim, self.dtype = 0, 0, None, None
         self._frames_of: dict[bytes, np.ndarray] = {}   # audio key -> encoder frames (kept or awaiting writing)

@@ -118,6 +118,7 @@ class Demo:
         self.encoder_path = None if self.whisper else os.path.join(self.dir, "encoder.msgpack")
         self.cache_dir = os.path.join(self.dir, "feature_cache")
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
+        self.encoded_data: eval_lib.EvalDataCache | None = None   # the same with the frozen encoder's outputs
 
     def task(self, suffix: str) -> str:
         return demo_report.task_name(self.cfg.world, suffix)
@@ -209,13 +210,23 @@ class Demo:
                 return train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
         return self.cached(f"train_slm_depth{depth}", train)
 
+    def slm_eval_data(self) -> eval_lib.EvalDataCache:
+        """The evaluation samples with the frozen speech encoder's outputs in place of audio,
+        built once and shared by every adapter scored (they share that encoder)."""
+        if self.encoded_data is None:
+            with self.slm_stage(self.cfg.main_depth):
+                s = train_lib.setup(train_lib.RunConfig())
+            s.checkpointer.close()
+            self.encoded_data = eval_lib.EvalDataCache(encoder=eval_lib.frozen_encoder(s))
+        return self.encoded_data
+
     def eval_slm(self, depth: int, tasks: Sequence[str], tag: str, untrained: bool = False,
                  split: str | None = None) -> dict:
         def evaluate():
             run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
             with self.slm_stage(depth, run_dir=run_dir):
                 return eval_lib.evaluate_run(train_lib.RunConfig(), self.eval_config(tasks, split, f"_{tag}"),
-                                             self.eval_data)
+                                             self.slm_eval_data())
         return self.cached(f"eval_{tag}", evaluate)
 
     # ------------------------------------------------------------------ baselines

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -17,6 +17,7 @@ import numpy as np
 import seqio
 
 from slm_jax import gin_utils
+from slm_jax.cached_features import jitted_encoder
 from slm_jax.data import get_batches, pad_rows
 from slm_jax.features import FeatureConfig, compute_features, load_audio
 from slm_jax.progress import MetricsWriter
@@ -90,24 +91,40 @@ class EvalDataCache:
     while the entry lives), the split, lengths, batch size, sample size, and get_batches' gin
     bindings. Unbounded evaluations are streamed, never kept."""
 
-    def __init__(self, entries: int = 64):
-        self.entries = entries
+    def __init__(self, entries: int = 64, encoder: Callable[[dict], dict] | None = None):
+        """encoder: applied to every batch once (e.g. `frozen_encoder(setup)`: the frozen speech
+        encoder's outputs in place of the audio features), so models sharing that frozen encoder
+        are evaluated without running it again."""
+        self.entries, self.encoder = entries, encoder
         self.kept: collections.OrderedDict[tuple, tuple[Any, list]] = collections.OrderedDict()
 
     def batches(self, name: str, cfg: EvalConfig) -> Iterator[dict[str, np.ndarray]]:
         if not cfg.max_examples:
-            yield from eval_batches(name, cfg)
+            yield from map(self.encoder or (lambda b: b), eval_batches(name, cfg))
             return
         task = seqio.get_mixture_or_task(name)
         key = (name, id(task), cfg.split, tuple(sorted(cfg.feature_lengths.items())), cfg.batch_size,
                cfg.max_examples, repr(sorted(gin_utils.bindings_of("get_batches").items())))
         hit = self.kept.get(key)
         if hit is None:
-            hit = self.kept[key] = (task, list(eval_batches(name, cfg)))
+            hit = self.kept[key] = (task, list(map(self.encoder or (lambda b: b), eval_batches(name, cfg))))
             while len(self.kept) > self.entries:
                 self.kept.popitem(last=False)
         self.kept.move_to_end(key)
         yield from hit[1]
+
+
+def frozen_encoder(s: Setup) -> Callable[[dict], dict]:
+    """batch -> the batch with the frozen speech encoder's outputs (`encoded_speech` /
+    `encoded_mask`, what a feature cache stores) in place of `features` / `feature_mask`; an SLM
+    predicts from either the same way (task_model.speech_inputs)."""
+    encode, params = jitted_encoder(s.model.config), s.frozen["speech_encoder"]
+
+    def apply(batch: dict) -> dict:
+        hidden, mask = (np.asarray(x) for x in jax.device_get(encode(params, batch["features"], batch["feature_mask"])))
+        rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
+        return {**rest, "encoded_speech": hidden, "encoded_mask": mask}
+    return apply
 
 
 def decode_task(s: Setup, params: Any, name: str, cfg: EvalConfig,
@@ -118,7 +135,7 @@ def decode_task(s: Setup, params: Any, name: str, cfg: EvalConfig,
     targets, preds = [], []
     batches = data.batches(name, cfg) if data is not None else eval_batches(name, cfg)
     for batch in batches:
-        n = batch["features"].shape[0]
+        n = batch["decoder_target_tokens"].shape[0]
         tokens, _ = s.model.predict_batch(params, s.partitioner.shard_batch(pad_rows(batch, cfg.batch_size)),
                                           cfg.decode)
         preds += [tokens_to_text(vocab, t, eos) for t in np.asarray(jax.device_get(tokens))[:n]]
