@@ -285,3 +285,32 @@ def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path, tiny_llm):
     assert beam1[task]["wer"] == 0.0
     beam4 = _eval(tmp_path, llm, "DecodeConfig.method='beam'", "DecodeConfig.beam_size=4", "EvalConfig.tag='_beam4'")
     assert beam4[task]["wer"] == 0.0
+
+
+def test_eval_from_frozen_encoder_outputs_matches_eval_from_audio(tmp_path):
+    """EvalDataCache(encoder=frozen_encoder(setup)) keeps the frozen speech encoder's outputs
+    instead of audio features (the demo scores every adapter depth from them): the same
+    predictions and scores as evaluating from the audio, and the encoder runs once per batch
+    however many models are scored."""
+    task = register_fixed_task("test_fixed_asr_eval_encoded")
+    args = ["EvalConfig.max_examples=4", f"EvalConfig.eval_tasks=['{task}']", "RunConfig.seed=3"]
+    tiny_run(tmp_path / "a", *args)
+    s = train_lib.setup(train_lib.RunConfig())
+    s.checkpointer.close()
+    calls = []
+    encode = eval_lib.frozen_encoder(s)
+    data = eval_lib.EvalDataCache(encoder=lambda b: (calls.append(1), encode(b))[1])
+
+    def preds(run_dir):
+        (path,) = (run_dir / "eval").glob(f"{task}*.jsonl")
+        return [json.loads(line)["prediction"] for line in path.read_text().splitlines()]
+
+    from_audio = _eval(tmp_path / "a", *args)[task]
+    from_encoded = _eval(tmp_path / "b", *args, data=data)[task]
+    n_batches = len(calls)
+    assert n_batches >= 1
+    _eval(tmp_path / "c", *args, data=data)
+    assert len(calls) == n_batches                       # a second model: the encoder does not run again
+    assert preds(tmp_path / "b") == preds(tmp_path / "a")
+    drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_s"}
+    assert drop(from_encoded) == drop(from_audio)
