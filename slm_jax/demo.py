@@ -50,6 +50,7 @@ from slm_jax import demo_baselines, demo_report, eval_lib, gin_utils, train_lib
 from slm_jax.checkpoints.params_io import load_params
 from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
+from slm_jax.whisper_asr import WhisperASR
 from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
 LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
@@ -249,7 +250,6 @@ class Demo:
 
     def whisper_cascade_scores(self) -> dict:
         """Whisper base's own ASR (and X -> en translation) -> text LLM; see demo_baselines."""
-        from slm_jax.whisper_asr import WhisperASR
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
         whisper = WhisperASR(self.encoder_path)
         with self.slm_stage(self.cfg.main_depth):

@@ -6,6 +6,7 @@ Whisper's own X -> en translation; the cascade (that ASR -> the text LLM)."""
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ from slm_jax import metrics
 from slm_jax.data import pad_rows
 from slm_jax.eval_lib import EvalConfig, EvalDataCache, score, tokens_to_text
 from slm_jax.task_model import CTCTaskModel, EncDecTaskModel
+from slm_jax.whisper_asr import WhisperASR
 from tasks.llm_text import pad_ids
 
 TEXT_INPUT_LEN = 96     # LLM input tokens: transcript + instruction
@@ -114,7 +116,39 @@ def task_languages(name: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def whisper_scores(whisper: Any, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,
+COMPRESSION_RATIO_LIMIT = 2.4   # faster-whisper's threshold for a degenerate (looping) output
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+def padded_to_30s(features: np.ndarray, frames: int) -> np.ndarray:
+    """Unpadded Whisper log-mel [T, mel] as the 30 s extractor gives it: silence after the audio
+    has the clamp floor, (max - 8 + 4) / 4 in normalised units = max - 2."""
+    out = np.full((frames, features.shape[1]), features.max() - 2.0, np.float32)
+    out[:len(features)] = features[:frames]
+    return out
+
+
+def whisper_texts(whisper: WhisperASR, features: np.ndarray, mask: np.ndarray, language: str | None,
+                  task: str = "transcribe") -> list[str]:
+    """Whisper's text for a batch of log-mel: decoded from the unpadded audio (fast), and again
+    in Whisper's training condition (30 s with silence) where that output loops (compression
+    ratio over 2.4, faster-whisper's fallback test): short unpadded clips make it repeat."""
+    texts = whisper.transcribe_features(features, mask, language=language, task=task)
+    redo = [i for i, t in enumerate(texts) if compression_ratio(t) > COMPRESSION_RATIO_LIMIT]
+    if redo:
+        frames = whisper.encoder_config.max_input_frames
+        rows = [padded_to_30s(np.asarray(features[i][:int(mask[i].sum())], np.float32), frames) for i in redo]
+        ids, _ = whisper.generate_ids(rows, language, task, padded=False)
+        for i, t in zip(redo, ids):
+            texts[i] = whisper.tokenizer.decode(t).strip()
+    return texts
+
+
+def whisper_scores(whisper: WhisperASR, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,
                    data: EvalDataCache) -> dict:
     """Whisper's ASR -> the text LLM with the task's instruction (the cascade), per task of
     `names`, on the batches an SLM evaluation with `cfg` scores. ASR tasks also get Whisper's
@@ -126,10 +160,9 @@ def whisper_scores(whisper: Any, llm: EncDecTaskModel, llm_params: Any, names: I
         lang, translate_from = task_languages(name)
         inputs, targets, asr, translations = [], [], [], []
         for batch in data.batches(name, cfg):
-            texts = whisper.transcribe(batch["features"], batch["feature_mask"], language=lang)
+            texts = whisper_texts(whisper, batch["features"], batch["feature_mask"], lang)
             if translate_from:
-                translations += whisper.transcribe(batch["features"], batch["feature_mask"], language=lang,
-                                                   task="translate")
+                translations += whisper_texts(whisper, batch["features"], batch["feature_mask"], lang, "translate")
             for text, inst, tgt in zip(texts, batch["instruction_tokens"], batch["decoder_target_tokens"]):
                 asr.append(spell_numbers(text, lang or "en") if lang else text)
                 inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
