@@ -12,16 +12,20 @@ an unknown spec, a missing or misshaped variable raise CheckpointError naming th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from slm_jax.checkpoints import ct2
 from slm_jax.checkpoints.hf_common import CheckpointError, validate_tree
-from slm_jax.models.whisper import WhisperEncoderConfig, abstract_params
+from slm_jax.models.whisper import (WhisperDecoderConfig, WhisperEncoderConfig, abstract_decoder_params,
+                                    abstract_params)
 
 SPEC, REVISIONS = "WhisperSpec", (3,)
 # scalar settings CTranslate2 stores as variables, with the value our modules implement
 _SETTINGS = {"encoder/num_heads": None, "decoder/num_heads": None, "decoder/activation": 3,  # GELU
-             "decoder/alibi": 0, "decoder/pre_norm": 1, "decoder/scale_embeddings": 0,
+             "decoder/alibi": 0, "decoder/alibi_use_positive_positions": None, "decoder/scale_alibi": None,
+             "decoder/pre_norm": 1, "decoder/scale_embeddings": 0,
              "decoder/start_from_zero_embedding": 0, "decoder/alignment_heads": None,
              "decoder/alignment_layer": None}
 
@@ -78,11 +82,17 @@ def open_model(path: str) -> ct2.CT2Model:
     return model
 
 
+def require(model: ct2.CT2Model, *names: str) -> None:
+    """CheckpointError naming the first of `names` the model lacks."""
+    for name in names:
+        if name not in model:
+            raise CheckpointError(f"{model.path}: variable {name!r} missing ({model.spec})")
+
+
 def encoder_config(model: ct2.CT2Model, **overrides) -> WhisperEncoderConfig:
     """The WhisperEncoderConfig the encoder variables' shapes define (`overrides`: dtype etc.)."""
     v = _Variables(model)
-    if "encoder/conv1/weight" not in model:
-        raise CheckpointError(f"{model.path}: variable 'encoder/conv1/weight' missing ({model.spec})")
+    require(model, "encoder/conv1/weight", "encoder/position_encodings/encodings", "encoder/layer_0/ffn/linear_0/weight")
     d, mel, _ = model.get("encoder/conv1/weight").shape
     kwargs = dict(num_mel_bins=int(mel), d_model=int(d), encoder_layers=v.count("encoder/layer_"),
                   encoder_attention_heads=v.scalar("encoder/num_heads"),
@@ -142,6 +152,13 @@ def load_encoder(path: str, **config_overrides) -> tuple[WhisperEncoderConfig, d
     model = open_model(path)
     v = _Variables(model)
     cfg = encoder_config(model, **config_overrides)
+    params = encoder_params(v, cfg)
+    v.check_all_used(ignore=("decoder/",))
+    return cfg, params
+
+
+def encoder_params(v: _Variables, cfg: WhisperEncoderConfig) -> dict:
+    """The encoder's float32 params, validated against WhisperEncoder(cfg)."""
     d, heads = cfg.d_model, cfg.encoder_attention_heads
     params: dict = {
         "conv1": {"kernel": v.take("encoder/conv1/weight", (d, cfg.num_mel_bins, 3)).transpose(2, 1, 0),
@@ -161,10 +178,107 @@ def load_encoder(path: str, **config_overrides) -> tuple[WhisperEncoderConfig, d
             "fc2": linear(v, f"{p}/ffn/linear_1", cfg.encoder_ffn_dim, d),
         }
     v.scalar("encoder/num_heads")
-    v.check_all_used(ignore=("decoder/",))
     params = as_float32(params)
-    validate_tree(params, abstract_params(cfg), model.path)
+    validate_tree(params, abstract_params(cfg), v.model.path)
+    return params
+
+
+def decoder_config(model: ct2.CT2Model, **overrides) -> WhisperDecoderConfig:
+    """The WhisperDecoderConfig the decoder variables' shapes define (`overrides`: dtype etc.)."""
+    v = _Variables(model)
+    require(model, "decoder/embeddings/weight", "decoder/position_encodings/encodings",
+            "decoder/layer_0/ffn/linear_0/weight")
+    vocab, d = model.get("decoder/embeddings/weight").shape
+    kwargs = dict(vocab_size=int(vocab), d_model=int(d), decoder_layers=v.count("decoder/layer_"),
+                  decoder_attention_heads=v.scalar("decoder/num_heads"),
+                  decoder_ffn_dim=int(model.get("decoder/layer_0/ffn/linear_0/weight").shape[0]),
+                  max_target_positions=int(model.get("decoder/position_encodings/encodings").shape[0]))
+    kwargs.update(overrides)
+    return WhisperDecoderConfig(**kwargs)
+
+
+def cross_attention(v: _Variables, prefix: str, d: int, heads: int) -> dict:
+    """CTranslate2's cross-attention: linear_0 = q, linear_1 = fused [k; v], linear_2 = out."""
+    k, val = split_fused(v, f"{prefix}/linear_1", d, 2)
+    no_key_bias(v, k, f"{prefix}/linear_1")
+    return {"query": heads_in(linear(v, f"{prefix}/linear_0", d, d), heads),
+            "key": heads_in(k, heads, key_bias=False), "value": heads_in(val, heads),
+            "out": heads_out(linear(v, f"{prefix}/linear_2", d, d), heads)}
+
+
+def tied_projection(v: _Variables, embeddings: np.ndarray) -> None:
+    """The output projection must be the token embedding (an alias, or an equal copy) and have
+    no non-zero bias: our decoder ties them."""
+    weight = v.take("decoder/projection/weight", embeddings.shape)
+    if not np.array_equal(weight, embeddings):
+        raise CheckpointError(f"{v.model.path}: decoder/projection/weight differs from decoder/embeddings/weight; "
+                              "our Whisper decoder ties its output projection to the token embedding")
+    if "decoder/projection/bias" in v.model:
+        if np.any(v.take("decoder/projection/bias", (embeddings.shape[0],)) != 0):
+            raise CheckpointError(f"{v.model.path}: decoder/projection/bias is non-zero; our Whisper decoder "
+                                  "has no output bias")
+
+
+def decoder_params(v: _Variables, cfg: WhisperDecoderConfig) -> dict:
+    """The decoder's float32 params, validated against WhisperDecoder(cfg); consumes the
+    decoder's scalar settings too (open_model checked their values)."""
+    d, heads = cfg.d_model, cfg.decoder_attention_heads
+    embeddings = v.take("decoder/embeddings/weight", (cfg.vocab_size, d))
+    tied_projection(v, embeddings)
+    params: dict = {
+        "embed_tokens": {"embedding": embeddings},
+        "embed_positions": v.take("decoder/position_encodings/encodings", (cfg.max_target_positions, d)),
+        "layer_norm": layer_norm(v, "decoder/layer_norm", d),
+    }
+    for i in range(cfg.decoder_layers):
+        p = f"decoder/layer_{i}"
+        params[f"layers_{i}"] = {
+            "self_attn_layer_norm": layer_norm(v, f"{p}/self_attention/layer_norm", d),
+            "self_attn": self_attention(v, f"{p}/self_attention", d, heads),
+            "encoder_attn_layer_norm": layer_norm(v, f"{p}/attention/layer_norm", d),
+            "encoder_attn": cross_attention(v, f"{p}/attention", d, heads),
+            "final_layer_norm": layer_norm(v, f"{p}/ffn/layer_norm", d),
+            "fc1": linear(v, f"{p}/ffn/linear_0", d, cfg.decoder_ffn_dim),
+            "fc2": linear(v, f"{p}/ffn/linear_1", cfg.decoder_ffn_dim, d),
+        }
+    v.scalar("decoder/num_heads")
+    for name in _SETTINGS:
+        if name.startswith("decoder/") and name in v.model:
+            v.scalar(name)
+    params = as_float32(params)
+    validate_tree(params, abstract_decoder_params(cfg), v.model.path)
+    return params
+
+
+def load_decoder(path: str, **config_overrides) -> tuple[WhisperDecoderConfig, dict]:
+    """(WhisperDecoderConfig, params) of the decoder in a CTranslate2 Whisper model.bin; the
+    encoder's variables are left alone (see `load_encoder`)."""
+    model = open_model(path)
+    v = _Variables(model)
+    cfg = decoder_config(model, **config_overrides)
+    params = decoder_params(v, cfg)
+    v.check_all_used(ignore=("encoder/",))
     return cfg, params
+
+
+def load_whisper(path: str, **config_overrides) -> tuple[WhisperEncoderConfig, WhisperDecoderConfig, dict]:
+    """(encoder config, decoder config, params) of a whole CTranslate2 Whisper model.bin, read
+    once; params = {"encoder": ..., "decoder": ...} (models.whisper.Whisper's tree). Every
+    variable is consumed. config_overrides go to the config(s) having that field (dtype: both)."""
+    model = open_model(path)
+    v = _Variables(model)
+    fields = lambda cls: {f.name for f in dataclasses.fields(cls)}
+    unknown = set(config_overrides) - fields(WhisperEncoderConfig) - fields(WhisperDecoderConfig)
+    if unknown:
+        raise TypeError(f"load_whisper: unknown config fields {sorted(unknown)}")
+    pick = lambda cls: {k: x for k, x in config_overrides.items() if k in fields(cls)}
+    enc_cfg = encoder_config(model, **pick(WhisperEncoderConfig))
+    dec_cfg = decoder_config(model, **pick(WhisperDecoderConfig))
+    if enc_cfg.d_model != dec_cfg.d_model:
+        raise CheckpointError(f"{model.path}: encoder width {enc_cfg.d_model} != decoder width {dec_cfg.d_model}")
+    params = {"encoder": encoder_params(v, enc_cfg), "decoder": decoder_params(v, dec_cfg)}
+    v.check_all_used()
+    return enc_cfg, dec_cfg, params
 
 
 def as_float32(tree):

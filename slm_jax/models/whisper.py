@@ -216,3 +216,249 @@ def abstract_params(config: WhisperEncoderConfig, frames: int = 2) -> dict:
     model = WhisperEncoder(config)
     x = jnp.zeros((1, frames, config.num_mel_bins), jnp.float32)
     return nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"])
+
+
+# ----------------------------------------------------------------------------- decoder
+#
+#   tokens [B, T] -> token embedding + learned position table[offset : offset + T]
+#                 -> N x pre-LN layer: x += SelfAttention(LN(x)) (causal)
+#                                      x += CrossAttention(LN(x), encoder states)
+#                                      x += fc2(GELU(fc1(LN(x))))
+#                 -> final LayerNorm -> logits = x @ token_embedding.T (tied, float32)
+#
+# No embedding scaling; attention projections as in the encoder (key without bias, q scaled by
+# head_dim ** -0.5). Incremental decoding keeps an explicit cache pytree (`init_decoder_cache`):
+# per layer self-attention keys [B, H, hd, L] and values [B, H, L, hd] (the layouts the step's
+# dots read) and one scalar `index`, the position the next token takes (all rows share it: the
+# rows of a batch share their prompt length). Beam search (decoding.beam_search) never reorders
+# the cache: the cache holds one row per example and L = max_len * K slots; beam slot s writes
+# position t at t * K + s, and hypothesis j reads position t from slot beam_slots[b, j, t]
+# (slm_jax/models/t5.py does the same).
+
+KV_LAYOUTS = ("bhdk", "bhkd")   # keys [B, H, hd, L], values [B, H, L, hd]
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperDecoderConfig:
+    vocab_size: int = 51865
+    d_model: int = 384
+    decoder_layers: int = 4
+    decoder_attention_heads: int = 6
+    decoder_ffn_dim: int = 1536
+    max_target_positions: int = 448       # rows of the learned position table
+    dtype: Any = jnp.float32              # compute dtype; params stay float32
+
+    def __post_init__(self):
+        if self.d_model % self.decoder_attention_heads:
+            raise ValueError(f"WhisperDecoderConfig.d_model {self.d_model} is not divisible by "
+                             f"decoder_attention_heads {self.decoder_attention_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.decoder_attention_heads
+
+
+def _to_kv_layouts(k: Array, v: Array) -> tuple[Array, Array]:
+    """Projected keys / values [B, L, H, hd] -> KV_LAYOUTS."""
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+
+
+def _write_cache(cache: dict, k: Array, v: Array, index: Array,
+                 beam_slots: Array | None) -> tuple[Array, Array, Array, dict]:
+    """Write one position's keys / values k, v [N, 1, H, hd] at `index`. Returns the whole
+    cached keys and values, the boolean mask of what the step's queries may read, and the
+    updated layer cache. beam_slots [B, K, max_len]: N = B * K rows (beam-major), written side
+    by side at index * K + slot; hypothesis j reads its ancestors' slots only."""
+    h, hd = k.shape[2:]
+    length = cache["value"].shape[2]
+    if beam_slots is None:
+        new_k, new_v = _to_kv_layouts(k, v)
+        offset = index
+        mask = (jnp.arange(length) <= index)[None, None, None, :]
+    else:
+        b, beams, max_len = beam_slots.shape
+        if length != max_len * beams:
+            raise ValueError(f"beam cache holds {length} positions, beam_slots needs {max_len} x {beams}")
+        new_k = k.reshape(b, beams, h, hd).transpose(0, 2, 3, 1)            # [B, H, hd, K]
+        new_v = v.reshape(b, beams, h, hd).transpose(0, 2, 1, 3)            # [B, H, K, hd]
+        offset = index * beams
+        visible = (beam_slots[..., None] == jnp.arange(beams)) & (jnp.arange(max_len) <= index)[:, None]
+        mask = visible.reshape(b, 1, beams, max_len * beams)
+    keys = jax.lax.dynamic_update_slice(cache["key"], new_k.astype(cache["key"].dtype), (0, 0, 0, offset))
+    values = jax.lax.dynamic_update_slice(cache["value"], new_v.astype(cache["value"].dtype), (0, 0, offset, 0))
+    return keys, values, mask, {"key": keys, "value": values}
+
+
+class DecoderAttention(nn.Module):
+    """Multi-head attention of a decoder layer (q/v/out with bias, k without). Self-attention
+    when `context` is None, else cross-attention on `context` [B, S, D]. `kv`: keys / values
+    already projected, in KV_LAYOUTS (`decoder_cross_kv`). `cache` (self-attention, one
+    position per call): the layer's cache, written at `index`; the mask is then built here.
+    Query rows may be a whole multiple of the key rows (beams sharing their example's keys).
+    Returns (output [N, T, D], updated cache or None)."""
+    config: WhisperDecoderConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, context: Array | None = None,
+                 kv: tuple[Array, Array] | None = None, cache: dict | None = None,
+                 index: Array | None = None, beam_slots: Array | None = None) -> tuple[Array, dict | None]:
+        cfg = self.config
+        heads, hd = cfg.decoder_attention_heads, cfg.head_dim
+        proj = lambda name, bias: _dense_general((heads, hd), ("embed", "heads", "kv"), use_bias=bias,
+                                                 dtype=cfg.dtype, name=name)
+        q = proj("query", True)(x)                                               # [N, T, H, hd]
+        layouts, new_cache = {}, None
+        if kv is not None:
+            k, v = kv
+            layouts = dict(zip(("k_layout", "v_layout"), KV_LAYOUTS))
+        else:
+            source = x if context is None else context
+            k, v = proj("key", False)(source), proj("value", True)(source)
+            if cache is not None:
+                k, v, mask, new_cache = _write_cache(cache, k, v, index, beam_slots)
+                layouts = dict(zip(("k_layout", "v_layout"), KV_LAYOUTS))
+        rows, kv_rows = q.shape[0], k.shape[0]
+        if rows % kv_rows:
+            raise ValueError(f"DecoderAttention: {rows} query rows for {kv_rows} key/value rows")
+        q = q.reshape(kv_rows, -1, heads, hd)      # beams of one example as extra query positions
+        out = layers.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, dtype=cfg.dtype, **layouts)
+        out = out.reshape(rows, -1, heads, hd)
+        out = _dense_general(cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), dtype=cfg.dtype,
+                             name="out")(out)
+        return out, new_cache
+
+
+class WhisperDecoderLayer(nn.Module):
+    """Pre-LN decoder layer: causal self-attention, cross-attention, GELU MLP, each residual."""
+    config: WhisperDecoderConfig
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array | None, self_mask: Array | None, cross_mask: Array | None,
+                 cache: dict | None = None, index: Array | None = None, cross_kv=None,
+                 beam_slots: Array | None = None) -> tuple[Array, dict | None]:
+        cfg = self.config
+        norm = lambda name: layers.LayerNorm(1e-5, dtype=cfg.dtype, name=name)
+        h, cache = DecoderAttention(cfg, name="self_attn")(norm("self_attn_layer_norm")(x), self_mask,
+                                                          cache=cache, index=index, beam_slots=beam_slots)
+        x = x + h
+        h, _ = DecoderAttention(cfg, name="encoder_attn")(norm("encoder_attn_layer_norm")(x), cross_mask,
+                                                          context=encoded, kv=cross_kv)
+        x = x + h
+        h = layers.dense(cfg.decoder_ffn_dim, ("embed", "mlp"), use_bias=True, dtype=cfg.dtype,
+                         name="fc1")(norm("final_layer_norm")(x))
+        h = nn.with_logical_constraint(_gelu(h), ("batch", "length", "mlp"))
+        x = x + layers.dense(cfg.d_model, ("mlp", "embed"), use_bias=True, dtype=cfg.dtype, name="fc2")(h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class WhisperDecoder(nn.Module):
+    """tokens [N, T], encoder states [B, S, D] (N = B, or B * K beam-major rows when `cross_kv`
+    is given), encoder_mask [B, S] | None -> (float32 logits [N, T, V], cache).
+
+    Without `cache`: teacher forcing, positions 0..T-1, causal self-attention; the returned
+    cache is None. With `cache` (`init_decoder_cache`): one step (T = 1) at position
+    cache["index"]; returns the updated cache. `cross_kv` (`decoder_cross_kv`) replaces
+    `encoded` with its per-layer keys / values, projected once per batch."""
+    config: WhisperDecoderConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, encoded: Array | None, encoder_mask: Array | None = None,
+                 cache: dict | None = None, cross_kv: Mapping | None = None,
+                 beam_slots: Array | None = None) -> tuple[Array, dict | None]:
+        cfg = self.config
+        n, t = tokens.shape
+        embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
+                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+                         name="embed_tokens")
+        positions = self.param("embed_positions", nn.with_logical_partitioning(nn.initializers.normal(0.01),
+                                                                               (None, "embed")),
+                               (cfg.max_target_positions, cfg.d_model), jnp.float32)
+        index = None if cache is None else cache["index"]
+        if cache is not None and t != 1:
+            raise ValueError(f"WhisperDecoder: a cached step runs one position, got {t}")
+        if t > cfg.max_target_positions:
+            raise ValueError(f"WhisperDecoder: {t} positions, max_target_positions={cfg.max_target_positions}")
+        if encoded is None and cross_kv is None:
+            raise ValueError("WhisperDecoder: pass the encoder states or their cross_kv")
+        pos = positions[:t] if cache is None else jax.lax.dynamic_slice_in_dim(positions, index, 1)
+        x = embed(tokens) + pos.astype(cfg.dtype)[None]
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        self_mask = layers.causal_mask(t) if cache is None else None
+        cross_mask = None if encoder_mask is None else encoder_mask.astype(bool)[:, None, None, :]
+        new_cache = None if cache is None else {"index": index + 1}
+        for i in range(cfg.decoder_layers):
+            name = f"layers_{i}"
+            x, layer_cache = WhisperDecoderLayer(cfg, name=name)(
+                x, encoded, self_mask, cross_mask, None if cache is None else cache[name], index,
+                None if cross_kv is None else cross_kv[name], beam_slots)
+            if cache is not None:
+                new_cache[name] = layer_cache
+        x = layers.LayerNorm(1e-5, dtype=cfg.dtype, name="layer_norm")(x)
+        logits = embed.attend(x).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab")), new_cache
+
+
+def init_decoder_cache(config: WhisperDecoderConfig, batch_size: int, max_length: int, beams: int = 1) -> dict:
+    """A zeroed cache for `max_length` positions (the prompt included) of `batch_size` rows;
+    beams > 1: beam search's cache, batch_size examples of max_length * beams slots."""
+    if max_length > config.max_target_positions:
+        raise ValueError(f"decoder cache of {max_length} positions > max_target_positions "
+                         f"{config.max_target_positions}")
+    h, hd, length = config.decoder_attention_heads, config.head_dim, max_length * beams
+    cache: dict = {"index": jnp.zeros((), jnp.int32)}
+    for i in range(config.decoder_layers):
+        cache[f"layers_{i}"] = {"key": jnp.zeros((batch_size, h, hd, length), config.dtype),
+                                "value": jnp.zeros((batch_size, h, length, hd), config.dtype)}
+    return cache
+
+
+def decoder_cross_kv(config: WhisperDecoderConfig, params: Mapping, encoded: Array) -> dict:
+    """Every layer's cross-attention keys [B, H, hd, S] and values [B, H, S, hd] for encoder
+    states [B, S, D] (decoder `params`): {"layers_i": (key, value)}, computed once per batch."""
+    heads, hd = config.decoder_attention_heads, config.head_dim
+    x = encoded.astype(config.dtype)
+    out = {}
+    for i in range(config.decoder_layers):
+        p = params[f"layers_{i}"]["encoder_attn"]
+        k = nn.DenseGeneral((heads, hd), use_bias=False, dtype=config.dtype).apply({"params": p["key"]}, x)
+        v = nn.DenseGeneral((heads, hd), use_bias=True, dtype=config.dtype).apply({"params": p["value"]}, x)
+        out[f"layers_{i}"] = _to_kv_layouts(k, v)
+    return out
+
+
+def decoder_step(config: WhisperDecoderConfig, params: Mapping, cache: dict, tokens: Array, cross_kv: Mapping,
+                 encoder_mask: Array | None = None, beam_slots: Array | None = None) -> tuple[Array, dict]:
+    """One cached step: tokens [N, 1] -> (float32 logits [N, V] for the next position, cache).
+    cross_kv / encoder_mask have one row per example; N is a multiple of it (beams)."""
+    logits, cache = WhisperDecoder(config).apply({"params": params}, tokens, None, encoder_mask, cache=cache,
+                                                 cross_kv=cross_kv, beam_slots=beam_slots)
+    return logits[:, -1], cache
+
+
+def abstract_decoder_params(config: WhisperDecoderConfig) -> dict:
+    """Unboxed parameter ShapeDtypeStructs of WhisperDecoder(config), nothing allocated."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    encoded = jnp.zeros((1, 1, config.d_model), jnp.float32)
+    return nn.meta.unbox(jax.eval_shape(WhisperDecoder(config).init, jax.random.PRNGKey(0), tokens, encoded)["params"])
+
+
+class Whisper(nn.Module):
+    """The whole model: params {"encoder": WhisperEncoder's, "decoder": WhisperDecoder's}.
+    `__call__(features, tokens, mask)` -> teacher-forced logits [B, T, V]; `encode` for
+    decoding (then `decoder_cross_kv` / `decoder_step` on params["decoder"])."""
+    encoder_config: WhisperEncoderConfig
+    decoder_config: WhisperDecoderConfig
+
+    def setup(self):
+        if self.encoder_config.d_model != self.decoder_config.d_model:
+            raise ValueError(f"Whisper: encoder d_model {self.encoder_config.d_model} != decoder d_model "
+                             f"{self.decoder_config.d_model}")
+        self.encoder = WhisperEncoder(self.encoder_config)
+        self.decoder = WhisperDecoder(self.decoder_config)
+
+    def encode(self, features: Array, mask: Array | None = None) -> tuple[Array, Array]:
+        return self.encoder(features, mask)
+
+    def __call__(self, features: Array, tokens: Array, mask: Array | None = None) -> Array:
+        encoded, encoded_mask = self.encoder(features, mask)
+        return self.decoder(tokens, encoded, None if mask is None else encoded_mask)[0]
