@@ -47,18 +47,32 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
     """What inference reads: audio files, one text instruction, the vocabulary and speech
-    features the model was trained with, and decoding."""
+    features the model was trained with, and decoding.
+
+    max_frames: the longest stretch of speech (feature frames) the model is run on at once: the
+    speech length it was trained with (TrainConfig.feature_lengths["speech"]); 3000 is 30 s of
+    log-mel. Longer audio is decoded in consecutive windows of max_frames, their outputs joined
+    by spaces (long_audio="windows"), or refused with an error naming the file
+    (long_audio="refuse"). batch_size: utterances or windows decoded together."""
     audio_files: Sequence[str] = ()
     instruction: str = ""
     vocabulary: Any = None
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    max_frames: int = 3000
+    long_audio: str = "windows"
+    batch_size: int = 8
 
     def __post_init__(self):
         if not self.audio_files:
             raise ValueError("InferConfig.audio_files is empty: which audio files should be transcribed?")
         if self.vocabulary is None:
             raise ValueError("InferConfig.vocabulary is not set (the vocabulary the model was trained with)")
+        if self.long_audio not in ("windows", "refuse"):
+            raise ValueError(f"InferConfig.long_audio must be 'windows' or 'refuse', got {self.long_audio!r}")
+        if self.max_frames < 1 or self.batch_size < 1:
+            raise ValueError(f"InferConfig.max_frames and batch_size must be positive, got {self.max_frames}, "
+                             f"{self.batch_size}")
 
 
 def tokens_to_text(vocab: seqio.Vocabulary, ids: Sequence[int], eos_id: int) -> str:
@@ -190,19 +204,43 @@ def speech_batch(features: Sequence[np.ndarray], instruction: Sequence[int]) -> 
             "instruction_tokens": np.tile(np.asarray(list(instruction) + [0], np.int32), (len(features), 1))}
 
 
+def infer_windows(path: str, cfg: InferConfig) -> list[np.ndarray]:
+    """The features of one audio file in windows of at most cfg.max_frames frames (one window
+    when it fits); a longer file is refused (long_audio="refuse") or announced."""
+    audio = load_audio(path, cfg.features.sample_rate)
+    feats = compute_features(audio, cfg.features.sample_rate, config=cfg.features, source=path)
+    n = feats.shape[0]
+    if n <= cfg.max_frames:
+        return [feats]
+    seconds = f"{audio.size / cfg.features.sample_rate:.1f} s"
+    if cfg.long_audio == "refuse":
+        raise ValueError(f"{path}: {n} feature frames ({seconds}) is longer than InferConfig.max_frames="
+                         f"{cfg.max_frames}, the speech the model takes at once; set InferConfig.long_audio="
+                         f"'windows' to decode it in windows of {cfg.max_frames} frames, or cut the file")
+    windows = [feats[i:i + cfg.max_frames] for i in range(0, n, cfg.max_frames)]
+    print(f"[infer] {path}: {n} frames ({seconds}) is longer than InferConfig.max_frames={cfg.max_frames}: "
+          f"decoding {len(windows)} windows, outputs joined", flush=True)
+    return windows
+
+
 def infer(run: RunConfig, cfg: InferConfig) -> list[str]:
     """The trained model (latest checkpoint) on cfg.audio_files with cfg.instruction; prints
-    and returns the outputs."""
+    and returns the outputs. Audio longer than cfg.max_frames is decoded in windows (or
+    refused, see InferConfig), never run whole."""
     s = setup(run)
     try:
         trainable, _ = s.restore()
     finally:
         s.checkpointer.close()
-    feats = [compute_features(load_audio(p), cfg.features.sample_rate, config=cfg.features, source=p)
-             for p in cfg.audio_files]
-    batch = speech_batch(feats, cfg.vocabulary.encode(cfg.instruction))
-    tokens, _ = s.model.predict_batch(s.params(trainable), batch, cfg.decode)
-    outs = [tokens_to_text(cfg.vocabulary, t, s.model.eos_id) for t in np.asarray(tokens)]
-    for p, o in zip(cfg.audio_files, outs):
-        print(f"{p}\t{o}", flush=True)
+    windows = [infer_windows(p, cfg) for p in cfg.audio_files]     # every file checked before decoding
+    flat = [w for ws in windows for w in ws]
+    instruction, params, texts = cfg.vocabulary.encode(cfg.instruction), s.params(trainable), []
+    for i in range(0, len(flat), cfg.batch_size):
+        tokens, _ = s.model.predict_batch(params, speech_batch(flat[i:i + cfg.batch_size], instruction), cfg.decode)
+        texts += [tokens_to_text(cfg.vocabulary, t, s.model.eos_id) for t in np.asarray(tokens)]
+    outs, at = [], 0
+    for p, ws in zip(cfg.audio_files, windows):
+        outs.append(" ".join(t for t in texts[at:at + len(ws)] if t))
+        at += len(ws)
+        print(f"{p}\t{outs[-1]}", flush=True)
     return outs

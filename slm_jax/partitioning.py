@@ -136,6 +136,16 @@ class Partitioner:
         """Batch arrays: leading axis over "data", the rest replicated."""
         return NamedSharding(self.mesh, P("data", *([None] * (ndim - 1))))
 
+    def check_batch_size(self, batch_size: int, knob: str = "batch size") -> None:
+        """A ValueError naming `knob` (the user's setting, e.g. "TrainConfig.batch_size") when
+        `batch_size` rows cannot be split evenly over the mesh's "data" axis."""
+        n = self.mesh.shape["data"]
+        if batch_size % n:
+            fits = ", ".join(str(n * k) for k in range(max(1, batch_size // n), batch_size // n + 3))
+            raise ValueError(f"{knob}={batch_size} is not divisible by the mesh's 'data' axis of size {n} "
+                             f"({self.mesh.size} devices, MeshConfig.data={n} x MeshConfig.model="
+                             f"{self.mesh.shape['model']}): use a multiple of {n} (e.g. {fits}) or another mesh")
+
     def batch_shardings(self, batch):
         return jax.tree_util.tree_map(lambda x: self.batch_sharding(np.ndim(x)), batch)
 

@@ -3,6 +3,7 @@ plot: a JSONL log (one JSON object per write) and TensorBoard event files (tf.su
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -20,6 +21,32 @@ def _fmt_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def truncate_logs(logdir: str, step: int) -> list[str]:
+    """Drop the rows past `step` from every `*_metrics.jsonl` in `logdir` (and a torn last row
+    of a killed process), so a run resumed from checkpoint `step` logs each later step once.
+    Only process 0 writes. Returns the files it changed."""
+    changed = []
+    if jax.process_index() != 0:
+        return changed
+    for path in sorted(glob.glob(os.path.join(logdir, "*_metrics.jsonl"))):
+        with open(path, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if line.endswith(b"\n") and isinstance(row, dict) and int(row.get("step", 0)) <= step:
+                keep.append(line)
+        if keep != lines:
+            with open(path + ".tmp", "wb") as f:
+                f.writelines(keep)
+            os.replace(path + ".tmp", path)
+            changed.append(path)
+    return changed
 
 
 class MetricsWriter:

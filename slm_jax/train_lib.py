@@ -16,12 +16,13 @@ import jax
 import numpy as np
 
 from slm_jax import cached_features, gin_utils
+from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.manager import TrainCheckpointer
 from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
 from slm_jax.fingerprint import state_fingerprint
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
-from slm_jax.progress import MetricsWriter, Progress
+from slm_jax.progress import MetricsWriter, Progress, truncate_logs
 from slm_jax.task_model import TaskModel
 from slm_jax.trainer import Trainer, make_optimizer, make_schedule, merge_params
 
@@ -102,11 +103,15 @@ class Setup:
     checkpointer: TrainCheckpointer
 
     def restore(self, step: int | None = None) -> tuple[Any, int]:
-        """(trainable params, step) at checkpoint `step` (default latest); the initial
-        trainable params and step 0 when the run has no checkpoint."""
-        if step is None and self.checkpointer.latest_step() is None:
-            return self.trainable, 0
-        state = self.checkpointer.restore(self.trainer.abstract_state(), step=step)
+        """(trainable params, step) at checkpoint `step` (default: the newest intact one, see
+        TrainCheckpointer.restore_latest); the initial trainable params and step 0 when the run
+        has no checkpoint."""
+        if step is None:
+            state = self.checkpointer.restore_latest(self.trainer.abstract_state())
+            if state is None:
+                return self.trainable, 0
+        else:
+            state = self.checkpointer.restore(self.trainer.abstract_state(), step=step)
         return state.params, int(state.step)
 
     def params(self, trainable: Any) -> dict:
@@ -136,7 +141,11 @@ def setup(run: RunConfig) -> Setup:
     params = jax.jit(lambda r: {k: v for k, v in nn.meta.unbox(model.init_boxed(r)).items() if k in fresh},
                      out_shardings={k: shardings[k] for k in fresh})(jax.random.PRNGKey(run.seed))
     for kind, path in loaded.items():
-        params[kind] = jax.device_put(load_foundation(path, kind, abstract[kind]), shardings[kind])
+        try:
+            foundation = load_foundation(path, kind, abstract[kind])
+        except CheckpointError as e:
+            raise CheckpointError(f"RunConfig.{kind}_checkpoint: {e}") from e
+        params[kind] = jax.device_put(foundation, shardings[kind])
     params = {k: params[k] for k in abstract}      # the model's own subtree order
     trainable, frozen = trainer.split(params)
     fingerprint = state_fingerprint(trainer.abstract_trainable, model=model.config,
@@ -164,20 +173,46 @@ def train_batches(run: RunConfig, cfg: TrainConfig, start_batch: int) -> Iterato
     return cfg.input_fn(cfg.train_task, "train", **kwargs)
 
 
+def check_batch_size(s: Setup, cfg: TrainConfig) -> None:
+    """TrainConfig.batch_size must split over the mesh's data axis and into accum_steps
+    microbatches: refused here, naming the settings, before anything runs or is written."""
+    s.partitioner.check_batch_size(cfg.batch_size, "TrainConfig.batch_size")
+    if cfg.batch_size % s.run.accum_steps:
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is not divisible by "
+                         f"RunConfig.accum_steps={s.run.accum_steps} (the microbatches must be equal)")
+
+
+def resume(s: Setup) -> tuple[Any, int]:
+    """(train state, step) to continue from: the newest intact checkpoint (damaged newer steps
+    are moved aside, see TrainCheckpointer.restore_latest), else a fresh state at step 0. The
+    run's metrics logs are cut back to that step, so every later step is logged once."""
+    state = s.checkpointer.restore_latest(s.trainer.abstract_state())
+    start = 0 if state is None else int(state.step)
+    if state is None:
+        state = s.trainer.init_state(s.trainable)
+    else:
+        print(f"[train] resumed from step {start} ({s.checkpointer.directory})", flush=True)
+    for path in truncate_logs(s.run.run_dir, start):
+        print(f"[train] {path}: rows after step {start} dropped (they are logged again)", flush=True)
+    return state, start
+
+
 def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) -> dict:
-    """Train the trainable subtree to run.train_steps; resumes from the latest checkpoint in
-    run.run_dir. `evaluator(setup, trainable, step)` runs every cfg.eval_every steps. A
-    preempted run (SIGTERM / SIGINT) saves and ends the process with status 128 + signal."""
+    """Train the trainable subtree to run.train_steps; resumes from the newest intact checkpoint
+    in run.run_dir. `evaluator(setup, trainable, step)` runs every cfg.eval_every steps. A
+    preempted run (SIGTERM / SIGINT) saves and ends the process with status 128 + signal. No
+    checkpoint is written before the first step completes (a run that fails before it leaves
+    nothing that would tie a later run to its config)."""
     if cfg.eval_every and evaluator is None:
         raise ValueError("TrainConfig.eval_every is set but this run has no evaluation to run "
                          "(bind the EvalConfig in gin)")
     s = setup(run)
-    state = s.trainer.init_state(s.trainable)
-    start = 0
-    if s.checkpointer.latest_step() is not None:
-        state = s.checkpointer.restore(s.trainer.abstract_state())
-        start = int(state.step)
-        print(f"[train] resumed from step {start} ({s.checkpointer.directory})", flush=True)
+    try:
+        check_batch_size(s, cfg)
+        state, start = resume(s)
+    except BaseException:
+        s.checkpointer.close()
+        raise
     writer = MetricsWriter(run.run_dir, "train")
     progress = Progress(run.train_steps, start)
     s.checkpointer.install_signal_handlers()
@@ -205,7 +240,8 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
                 print(f"[train] stopping at step {step}; checkpoint saved", flush=True)
                 break
     finally:
-        s.checkpointer.maybe_save(step, state, force=True)
+        if step > start:       # nothing new to keep before the first completed step
+            s.checkpointer.maybe_save(step, state, force=True)
         s.checkpointer.close()
         writer.close()
     if s.checkpointer.preempted:

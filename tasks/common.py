@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -92,6 +93,10 @@ class InMemoryCorpus(Corpus):
 
     max_in_memory_hours: float = 4.0
 
+    def load_samples(self, record: Mapping) -> np.ndarray:
+        """One record's audio as float32 samples at 16 kHz."""
+        return features_lib.load_audio(record["path"], SAMPLE_RATE)
+
     def _audio(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(all samples int16, end offsets) of the split, or None if it is too long to hold."""
         cache = self.__dict__.setdefault("_audio_cache", {})
@@ -104,7 +109,7 @@ class InMemoryCorpus(Corpus):
                             self.name, split, seconds / 3600)
                 cache[split] = None
             else:
-                chunks = [features_lib.load_audio(r["path"], SAMPLE_RATE) for r in records]
+                chunks = [self.load_samples(r) for r in records]
                 pcm = np.clip(np.round(np.concatenate(chunks) * 32768.0), -32768, 32767).astype(np.int16)
                 cache[split] = (pcm, np.cumsum([c.size for c in chunks]))
         return cache[split]
@@ -127,11 +132,11 @@ class InMemoryCorpus(Corpus):
             starts = tf.concat([tf.zeros([1], tf.int64), ends[:-1]], 0)
             return ds.map(lambda ex: {"id": ex["id"], "audio": pcm[starts[ex["index"]]:ends[ex["index"]]]})
 
-        def read(path):
-            return features_lib.load_audio(path.decode(), SAMPLE_RATE)
+        def read(i):
+            return self.load_samples(records[int(i)])
 
         def stream(ex):
-            samples = tf.numpy_function(read, [ex["path"]], tf.float32, stateful=False)
+            samples = tf.numpy_function(read, [ex["index"]], tf.float32, stateful=False)
             samples.set_shape([None])
             return {"id": ex["id"], "audio": samples}
         return ds.map(stream, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -322,12 +327,24 @@ def speech_features(ds: tf.data.Dataset, feature_config: features_lib.FeatureCon
     return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def check_speech_length(ds: tf.data.Dataset, sequence_length=None) -> tf.data.Dataset:
+def check_speech_length(ds: tf.data.Dataset, sequence_length=None, *, skip: bool = False) -> tf.data.Dataset:
     """Speech longer than sequence_length["speech"] is an error naming the utterance (seqio would
-    otherwise silently trim it before the feature converter sees it)."""
+    otherwise silently trim it before the feature converter sees it); with skip=True such an
+    utterance is dropped instead, with a warning naming it (on stderr)."""
     max_frames = (sequence_length or {}).get("speech")
     if max_frames is None:
         return ds
+    if skip:
+        def fits(ex):
+            n = tf.shape(ex["speech"])[0]
+
+            def warn():
+                with tf.control_dependencies([tf.print(
+                        f"WARNING: skipped, speech longer than feature_lengths['speech']={max_frames}: utterance",
+                        ex["id"], "has frames:", n, output_stream=sys.stderr)]):
+                    return tf.constant(False)
+            return tf.cond(n > max_frames, warn, lambda: tf.constant(True))
+        return ds.filter(fits)
 
     def fn(ex):
         n = tf.shape(ex["speech"])[0]
@@ -378,7 +395,8 @@ def output_features(vocabulary: seqio.Vocabulary | None = None,
 def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Callable] = (), *,
                   vocabulary: seqio.Vocabulary | None = None,
                   feature_config: features_lib.FeatureConfig = DEFAULT_FEATURES,
-                  shuffle_buffer_size: int = 128, replace: bool = False) -> seqio.Task:
+                  shuffle_buffer_size: int = 128, replace: bool = False,
+                  long_speech: str = "error") -> seqio.Task:
     """Registers the SeqIO task `name`: `make(record) -> (instruction, target) | None` on `corpus`.
 
     Registration reads and builds nothing; the corpus is loaded (and a synthetic corpus
@@ -387,7 +405,13 @@ def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Ca
     Shuffling: corpora shuffle before the audio is featurised (whole record lists in memory,
     files plus a 256-example buffer for TFDS); seqio's per-task shuffle after the features
     uses `shuffle_buffer_size` (each buffered example costs a log-mel computation up front,
-    so it is kept small)."""
+    so it is kept small).
+
+    Speech longer than the run's feature_lengths["speech"] is an error naming the utterance
+    (`long_speech="error"`), or dropped with a warning naming it (`"skip"`: manifests, whose
+    rows the run's length was not known for when they were checked)."""
+    if long_speech not in ("error", "skip"):
+        raise ValueError(f"register_task: long_speech must be 'error' or 'skip', got {long_speech!r}")
     if name in seqio.TaskRegistry.names():
         if not replace:
             raise ValueError(f"task {name!r} is already registered (pass replace=True to re-register)")
@@ -398,7 +422,7 @@ def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Ca
         output_features=output_features(vocabulary, feature_config),
         preprocessors=[
             functools.partial(speech_features, feature_config=feature_config),
-            check_speech_length,
+            functools.partial(check_speech_length, skip=long_speech == "skip"),
             seqio.preprocessors.tokenize,
             seqio.preprocessors.append_eos_after_trim,
         ],

@@ -23,14 +23,38 @@ def save_params(path: str, params: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def describe_tree(params: Any) -> str:
+    """What a parameter tree holds, for error messages: its top-level keys and size."""
+    if not isinstance(params, Mapping):
+        return f"a {type(params).__name__}, not a tree of named parameters"
+    leaves = jax.tree_util.tree_leaves(params)
+    size = sum(int(np.prod(getattr(x, "shape", np.shape(x)))) for x in leaves)
+    return f"top-level keys {sorted(map(str, params))} ({len(leaves)} arrays, {size:,} values)"
+
+
 def load_params(path: str, abstract: Mapping[str, Any] | None = None) -> dict:
-    """Read a msgpack param tree; with `abstract`, check keys and shapes (errors name the key)."""
+    """Read a msgpack param tree; with `abstract`, check keys and shapes (errors name the key,
+    the file and what it holds)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"parameter file not found: {path}")
     with open(path, "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
+        data = f.read()
+    try:
+        params = flax.serialization.msgpack_restore(data)
+    except Exception as e:  # noqa: BLE001  (msgpack raises ExtraData, ValueError, TypeError, ...)
+        raise CheckpointError(f"{path}: not a flax msgpack parameter file ({len(data):,} bytes; "
+                              f"{type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     if abstract is not None:
-        validate_tree(params, abstract, path)
+        if not isinstance(params, Mapping):
+            raise CheckpointError(f"{path}: holds {describe_tree(params)}; expected {describe_tree(abstract)}")
+        try:
+            validate_tree(params, abstract, path)
+        except CheckpointError as e:
+            inside = [k for k, v in params.items() if isinstance(v, Mapping) and set(abstract) <= set(v)]
+            hint = (f" (its {inside[0]!r} subtree has the keys the model expects: give a file of that subtree "
+                    f"alone, e.g. written with TrainConfig.export_subtree='{inside[0]}')" if inside else "")
+            raise CheckpointError(f"{e}; the file holds {describe_tree(params)}, the model expects "
+                                  f"{describe_tree(abstract)}{hint}") from e
     return params
 
 
