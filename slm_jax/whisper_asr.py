@@ -27,7 +27,6 @@ default pads to 10 s.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -96,6 +95,10 @@ def generate(encoder_config: WhisperEncoderConfig, decoder_config: WhisperDecode
     return tokens, languages
 
 
+# compiled once per (configs, shapes, beam_size, max_new_tokens), shared by every WhisperASR
+generate_jit = jax.jit(generate, static_argnums=(0, 1), static_argnames=("beam_size", "max_new_tokens", "eos_id"))
+
+
 def until_eos(tokens, eos_id: int) -> list[int]:
     """The ids before the first EOS (all of them if there is none)."""
     out = []
@@ -144,8 +147,6 @@ class WhisperASR:
         self.suppress = self.id_mask(self.tokenizer.suppressed)
         self.suppress_begin = self.id_mask(self.tokenizer.suppressed_at_begin)
         self.language_mask = self.id_mask(list(self.tokenizer.languages.values()))
-        self._generate = jax.jit(functools.partial(generate, self.encoder_config, self.decoder_config),
-                                 static_argnames=("beam_size", "max_new_tokens", "eos_id"))
 
     def id_mask(self, ids: Sequence[int]) -> np.ndarray:
         mask = np.zeros(self.decoder_config.vocab_size, bool)
@@ -171,9 +172,11 @@ class WhisperASR:
 
     def generate_ids(self, features: Sequence[np.ndarray], language: str | None | Sequence[str | None] = None,
                      task: str = "transcribe", *, beam_size: int = 1, max_new_tokens: int | None = None,
-                     batch_size: int | None = None) -> tuple[list[list[int]], list[int]]:
+                     batch_size: int | None = None, padded: bool = True) -> tuple[list[list[int]], list[int]]:
         """Text token ids (without EOS) and the language token of each utterance's log-mel
-        [frames, mel] (what `features` returns)."""
+        [frames, mel] (what `features` returns). padded=False: every utterance has the same
+        frames (e.g. 3000) and the encoder runs without a mask (rows of a partial batch repeat
+        the first one); the tokens are the same either way."""
         n = len(features)
         languages = [language] * n if language is None or isinstance(language, str) else list(language)
         if len(languages) != n:
@@ -184,17 +187,21 @@ class WhisperASR:
         for i, f in enumerate(features):
             if len(f) > limit:
                 raise ValueError(f"utterance {i}: {len(f)} frames, Whisper reads at most {limit} (30 s)")
+        if not padded and len({len(f) for f in features}) > 1:
+            raise ValueError(f"padded=False needs features of one length, got {sorted({len(f) for f in features})}")
         out, langs = [None] * n, [None] * n
         size = batch_size or self.batch_size
         for idx in batches([len(f) for f in features], size):
             rows = min(size, 1 << (len(idx) - 1).bit_length())
-            frames = bucket(max(len(features[i]) for i in idx), self.frame_bucket, limit)
+            longest = max(len(features[i]) for i in idx)
+            frames = bucket(longest, self.frame_bucket, limit) if padded else longest
             x, mask = padded_batch([features[i] for i in idx], rows, frames)
             p = prompts[np.resize(idx, rows)]
             p[len(idx):] = prompts[idx[0]]
-            tokens, lang = self._generate(self.params, x, mask, p, self.suppress,
-                                          self.suppress_begin, self.language_mask, beam_size=beam_size,
-                                          max_new_tokens=max_new, eos_id=self.tokenizer.eot)
+            tokens, lang = generate_jit(self.encoder_config, self.decoder_config, self.params, x,
+                                        mask if padded else None, p, self.suppress, self.suppress_begin,
+                                        self.language_mask, beam_size=beam_size, max_new_tokens=max_new,
+                                        eos_id=self.tokenizer.eot)
             tokens, lang = np.asarray(tokens), np.asarray(lang)
             for r, i in enumerate(idx):
                 out[i], langs[i] = until_eos(tokens[r], self.tokenizer.eot), int(lang[r])

@@ -6,8 +6,14 @@ Layout changes: Conv1D weights [out, in, 3] -> kernels [3, in, out]; Linear weig
 -> kernels [in, out], split into heads; CTranslate2's fused projections are split (encoder and
 decoder self-attention `linear_0` = [q; k; v], cross-attention `linear_1` = [k; v]); the key
 bias CTranslate2 stores (zeros: Whisper's key projection has none) must be zero. LayerNorm
-gamma/beta -> scale/bias. Every variable is consumed or named as ignored; anything else,
-an unknown spec, a missing or misshaped variable raise CheckpointError naming the file.
+gamma/beta -> scale/bias. The decoder's token embedding is also its output projection
+(`decoder/projection/weight`, an alias of it or an equal copy; the converter's int8 files keep
+the alias, and an alias reads its target's `_scale`). Every variable is consumed or named as
+ignored; anything else, an unknown spec, a missing or misshaped variable raise CheckpointError
+naming the file (and the variable).
+
+load_encoder / load_decoder read one half (the other half's variables are ignored);
+load_whisper reads both and consumes every variable.
 """
 
 from __future__ import annotations
@@ -37,14 +43,15 @@ class _Variables:
         self.model, self.used = model, set()
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        name = self.model.aliases.get(name, name)      # an alias's target, with the target's scale
         if name not in self.model:
             raise CheckpointError(f"{self.model.path}: variable {name!r} missing ({self.model.spec})")
         value = self.model.dequantized(name)
         if tuple(value.shape) != tuple(shape):
             raise CheckpointError(f"{self.model.path}: variable {name!r} has shape {tuple(value.shape)}, "
                                   f"expected {tuple(shape)}")
-        self.used.add(self.model.aliases.get(name, name))
-        self.used.add(self.model.aliases.get(f"{name}_scale", f"{name}_scale"))
+        self.used.add(name)
+        self.used.add(f"{name}_scale")
         return value
 
     def scalar(self, name: str) -> int:

@@ -1,5 +1,6 @@
-"""Whisper speech encoder (the encoder half of OpenAI Whisper, in the layout of transformers'
-WhisperEncoder so public checkpoints import exactly; see checkpoints/hf_whisper.py).
+"""OpenAI Whisper: the speech encoder (in the layout of transformers' WhisperEncoder so public
+checkpoints import exactly; see checkpoints/hf_whisper.py and checkpoints/ct2_whisper.py), and,
+in the second half of this file, the text decoder with its KV cache and the whole model.
 
     features [B, T, mel] -> Conv1d(k=3, pad 1) -> GELU -> Conv1d(k=3, stride 2, pad 1) -> GELU
                          -> + position table[:T']          T' = ceil(T / 2)
