@@ -114,6 +114,8 @@ def test_reader_reads_every_dtype_exactly(tmp_path):
     np.testing.assert_array_equal(model.get("q/alias"), variables["q/weight"])
     np.testing.assert_array_equal(model.dequantized("q/weight"),
                                   variables["q/weight"] / variables["q/weight_scale"][:, None])
+    # an alias of an int8 weight (CTranslate2's tied output projection) uses its target's scale
+    np.testing.assert_array_equal(model.dequantized("q/alias"), model.dequantized("q/weight"))
     assert model.dequantized("b/gamma").dtype == np.float32
 
 

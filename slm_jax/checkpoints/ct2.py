@@ -50,6 +50,7 @@ class CT2Model:
 
     def dequantized(self, name: str) -> np.ndarray:
         """Variable `name` as float32; int8 weights divided by their `<name>_scale`."""
+        name = self.aliases.get(name, name)   # an alias shares its target's scale
         value = self.get(name)
         if value.dtype == np.int8 and f"{name}_scale" in self:
             scale = self.get(f"{name}_scale").astype(np.float32)
