@@ -251,7 +251,7 @@ class Demo:
     def whisper_cascade_scores(self) -> dict:
         """Whisper base's own ASR (and X -> en translation) -> text LLM; see demo_baselines."""
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
-        whisper = WhisperASR(self.encoder_path)
+        whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path))
         with self.slm_stage(self.cfg.main_depth):
             names = self.eval_task_names() + self.fsdd_tasks()
             out = {}

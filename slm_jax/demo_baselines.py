@@ -5,6 +5,7 @@ Whisper's own X -> en translation; the cascade (that ASR -> the text LLM)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from typing import Any, Iterable, Sequence
@@ -99,11 +100,17 @@ def cascade_scores(ctc: CTCTaskModel, ctc_params: Any, ctc_vocab: seqio.Vocabula
 
 
 def spell_numbers(text: str, lang: str) -> str:
-    """Digits as words in `lang` ("69" -> "sixty-nine"; "1,000" -> "one thousand"), the way the
-    world's transcripts write numbers: Whisper writes digits, and scoring its ASR on the world's
-    spelled-out transcripts without this would count formatting as errors."""
+    """Digits as words in `lang` ("69" -> "sixty-nine"; "1,000" -> "one thousand"; English
+    "21st" -> "twenty-first"), the way the world's transcripts write numbers: Whisper writes
+    digits, and scoring its ASR on the world's spelled-out transcripts without this would count
+    formatting as errors."""
     from num2words import num2words
-    return re.sub(r"\d+(?:[,.]\d{3})*", lambda m: num2words(int(re.sub(r"[,.]", "", m.group())), lang=lang), text)
+
+    def words(m: re.Match) -> str:
+        n = int(re.sub(r"[,.]", "", m.group(1)))
+        ordinal = lang == "en" and m.group(2) is not None
+        return num2words(n, lang=lang, to="ordinal" if ordinal else "cardinal")
+    return re.sub(r"(\d+(?:[,.]\d{3})*)(st|nd|rd|th)?\b", words, text)
 
 
 def task_languages(name: str) -> tuple[str | None, str | None]:
@@ -124,31 +131,42 @@ def compression_ratio(text: str) -> float:
     return len(raw) / max(1, len(zlib.compress(raw)))
 
 
-def padded_to_30s(features: np.ndarray, frames: int) -> np.ndarray:
-    """Unpadded Whisper log-mel [T, mel] as the 30 s extractor gives it: silence after the audio
-    has the clamp floor, (max - 8 + 4) / 4 in normalised units = max - 2."""
-    out = np.full((frames, features.shape[1]), features.max() - 2.0, np.float32)
-    out[:len(features)] = features[:frames]
-    return out
-
-
 def whisper_texts(whisper: WhisperASR, features: np.ndarray, mask: np.ndarray, language: str | None,
                   task: str = "transcribe") -> list[str]:
-    """Whisper's text for a batch of log-mel: decoded from the unpadded audio (fast), and again
-    in Whisper's training condition (30 s with silence) where that output loops (compression
-    ratio over 2.4, faster-whisper's fallback test): short unpadded clips make it repeat."""
+    """Whisper's text for a batch of log-mel: decoded with the audio padded to WhisperASR's
+    default window (10 s of silence), and again in Whisper's training condition (30 s) where
+    that output loops (compression ratio over 2.4, faster-whisper's fallback test)."""
     texts = whisper.transcribe_features(features, mask, language=language, task=task)
     redo = [i for i, t in enumerate(texts) if compression_ratio(t) > COMPRESSION_RATIO_LIMIT]
     if redo:
-        frames = whisper.encoder_config.max_input_frames
-        rows = [padded_to_30s(np.asarray(features[i][:int(mask[i].sum())], np.float32), frames) for i in redo]
-        ids, _ = whisper.generate_ids(rows, language, task, padded=False)
-        for i, t in zip(redo, ids):
-            texts[i] = whisper.tokenizer.decode(t).strip()
+        again = whisper.transcribe_features(np.asarray(features)[redo], np.asarray(mask)[redo], language=language,
+                                            task=task, pad_to_30s=True)
+        for i, t in zip(redo, again):
+            texts[i] = t
     return texts
 
 
-def whisper_scores(whisper: WhisperASR, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,
+class WhisperTexts:
+    """`whisper_texts` with each (utterance, language, task) decoded once: the demo's tasks read
+    the same test utterances (asr_fr and ast_fr_en, the biasing tasks), so their cascade and
+    Whisper rows share one decoding."""
+
+    def __init__(self, whisper: WhisperASR):
+        self.whisper, self.done = whisper, {}
+
+    def __call__(self, features: np.ndarray, mask: np.ndarray, language: str | None,
+                 task: str = "transcribe") -> list[str]:
+        features, mask = np.asarray(features), np.asarray(mask).astype(bool)
+        keys = [(hashlib.blake2b(np.ascontiguousarray(f[:n]).tobytes(), digest_size=16).digest(), language, task)
+                for f, n in zip(features, mask.sum(1))]
+        todo = [i for i, k in enumerate(keys) if k not in self.done]
+        if todo:
+            for i, text in zip(todo, whisper_texts(self.whisper, features[todo], mask[todo], language, task)):
+                self.done[keys[i]] = text
+        return [self.done[k] for k in keys]
+
+
+def whisper_scores(whisper: WhisperTexts, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,
                    data: EvalDataCache) -> dict:
     """Whisper's ASR -> the text LLM with the task's instruction (the cascade), per task of
     `names`, on the batches an SLM evaluation with `cfg` scores. ASR tasks also get Whisper's
@@ -160,9 +178,9 @@ def whisper_scores(whisper: WhisperASR, llm: EncDecTaskModel, llm_params: Any, n
         lang, translate_from = task_languages(name)
         inputs, targets, asr, translations = [], [], [], []
         for batch in data.batches(name, cfg):
-            texts = whisper_texts(whisper, batch["features"], batch["feature_mask"], lang)
+            texts = whisper(batch["features"], batch["feature_mask"], lang)
             if translate_from:
-                translations += whisper_texts(whisper, batch["features"], batch["feature_mask"], lang, "translate")
+                translations += whisper(batch["features"], batch["feature_mask"], lang, "translate")
             for text, inst, tgt in zip(texts, batch["instruction_tokens"], batch["decoder_target_tokens"]):
                 asr.append(spell_numbers(text, lang or "en") if lang else text)
                 inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
