@@ -19,6 +19,7 @@ if __name__ == "__main__":
     sys.exit(0)
 
 from slm_jax import configs  # noqa: F401  (registers the model configs with gin)
+from slm_jax import eval_lib  # noqa: F401  (registers EvalConfig, which run gin files bind)
 from slm_jax import gin_utils, train_lib
 
 

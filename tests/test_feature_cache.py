@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import FEATURE_LENGTHS, TINY_GIN, register_fixed_task, tiny_run
+from helpers import REPO, FEATURE_LENGTHS, TINY_GIN, register_fixed_task, tiny_run
 from slm_jax import configs, feature_cache, train_lib
 from slm_jax.cached_features import StaleCacheError, build_cache, cached_batches, weights_id
 from slm_jax.checkpoints.params_io import load_foundation, save_params
@@ -279,3 +279,14 @@ def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache, 
     assert [b["encoded_mask"].sum(1).tolist() for b in from_records] == [[4, 5], [6, 7]]
     for a, b in zip(from_records, got, strict=True):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_entry_point_parses_the_runs_own_gin_file():
+    """`python -m slm_jax.feature_cache` reads the same gin files as the training run: importing
+    it alone registers everything a run file binds (EvalConfig included), in a fresh process."""
+    import subprocess
+    import sys
+    code = ("from slm_jax import feature_cache, gin_utils; "
+            "gin_utils.parse_config(['gin/runs/demo_slm.gin'], []); print('parsed')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "parsed" in proc.stdout, proc.stderr[-2000:]
