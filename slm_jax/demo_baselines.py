@@ -159,11 +159,18 @@ class WhisperTexts:
         features, mask = np.asarray(features), np.asarray(mask).astype(bool)
         keys = [(hashlib.blake2b(np.ascontiguousarray(f[:n]).tobytes(), digest_size=16).digest(), language, task)
                 for f, n in zip(features, mask.sum(1))]
-        todo = [i for i, k in enumerate(keys) if k not in self.done]
+        todo = [i for i, k in enumerate(keys) if self.known(k) is None]
         if todo:
             for i, text in zip(todo, whisper_texts(self.whisper, features[todo], mask[todo], language, task)):
                 self.done[keys[i]] = text
-        return [self.done[k] for k in keys]
+        return [self.known(k) for k in keys]
+
+    def known(self, key: tuple) -> str | None:
+        """The text decoded for `key`; for an unknown language (None) also one decoded with the
+        utterance's language given (the same utterance read by a per-language task)."""
+        if key in self.done or key[1] is not None:
+            return self.done.get(key)
+        return next((t for (h, _, task), t in self.done.items() if (h, task) == (key[0], key[2])), None)
 
 
 def whisper_scores(whisper: WhisperTexts, llm: EncDecTaskModel, llm_params: Any, names: Iterable[str], cfg: EvalConfig,

@@ -58,3 +58,5 @@ def test_whisper_texts_decode_each_utterance_once_and_redo_loops_at_30s():
     padded = np.concatenate([feats[:1], np.full((1, 5, 2), 9, np.float32)], axis=1)   # padding is not the utterance
     assert texts(padded, np.concatenate([mask[:1], np.zeros((1, 5), bool)], axis=1), "fr") == ["fr-transcribe-1"]
     assert len(asr.calls) == 3
+    # a task whose speech language is not known (None) reuses the utterance's transcript
+    assert texts(feats, mask, None) == first and len(asr.calls) == 3
