@@ -96,17 +96,24 @@ def require(model: ct2.CT2Model, *names: str) -> None:
             raise CheckpointError(f"{model.path}: variable {name!r} missing ({model.spec})")
 
 
+def stack_shape(model: ct2.CT2Model, side: str, first: str) -> dict:
+    """What the variables of one stack ("encoder" / "decoder") define: the shape of its `first`
+    variable, its layer count, heads, FFN width and position-table length."""
+    v = _Variables(model)
+    ffn, positions = f"{side}/layer_0/ffn/linear_0/weight", f"{side}/position_encodings/encodings"
+    require(model, first, positions, ffn)
+    return dict(first=model.get(first).shape, layers=v.count(f"{side}/layer_"), heads=v.scalar(f"{side}/num_heads"),
+                ffn=int(model.get(ffn).shape[0]), positions=int(model.get(positions).shape[0]))
+
+
 def encoder_config(model: ct2.CT2Model, **overrides) -> WhisperEncoderConfig:
     """The WhisperEncoderConfig the encoder variables' shapes define (`overrides`: dtype etc.)."""
-    v = _Variables(model)
-    require(model, "encoder/conv1/weight", "encoder/position_encodings/encodings", "encoder/layer_0/ffn/linear_0/weight")
-    d, mel, _ = model.get("encoder/conv1/weight").shape
-    kwargs = dict(num_mel_bins=int(mel), d_model=int(d), encoder_layers=v.count("encoder/layer_"),
-                  encoder_attention_heads=v.scalar("encoder/num_heads"),
-                  encoder_ffn_dim=int(model.get("encoder/layer_0/ffn/linear_0/weight").shape[0]),
-                  max_source_positions=int(model.get("encoder/position_encodings/encodings").shape[0]))
-    kwargs.update(overrides)
-    return WhisperEncoderConfig(**kwargs)
+    shape = stack_shape(model, "encoder", "encoder/conv1/weight")
+    d, mel, _ = shape["first"]
+    kwargs = dict(num_mel_bins=int(mel), d_model=int(d), encoder_layers=shape["layers"],
+                  encoder_attention_heads=shape["heads"], encoder_ffn_dim=shape["ffn"],
+                  max_source_positions=shape["positions"])
+    return WhisperEncoderConfig(**{**kwargs, **overrides})
 
 
 def linear(v: _Variables, prefix: str, n_in: int, n_out: int) -> dict:
@@ -192,16 +199,12 @@ def encoder_params(v: _Variables, cfg: WhisperEncoderConfig) -> dict:
 
 def decoder_config(model: ct2.CT2Model, **overrides) -> WhisperDecoderConfig:
     """The WhisperDecoderConfig the decoder variables' shapes define (`overrides`: dtype etc.)."""
-    v = _Variables(model)
-    require(model, "decoder/embeddings/weight", "decoder/position_encodings/encodings",
-            "decoder/layer_0/ffn/linear_0/weight")
-    vocab, d = model.get("decoder/embeddings/weight").shape
-    kwargs = dict(vocab_size=int(vocab), d_model=int(d), decoder_layers=v.count("decoder/layer_"),
-                  decoder_attention_heads=v.scalar("decoder/num_heads"),
-                  decoder_ffn_dim=int(model.get("decoder/layer_0/ffn/linear_0/weight").shape[0]),
-                  max_target_positions=int(model.get("decoder/position_encodings/encodings").shape[0]))
-    kwargs.update(overrides)
-    return WhisperDecoderConfig(**kwargs)
+    shape = stack_shape(model, "decoder", "decoder/embeddings/weight")
+    vocab, d = shape["first"]
+    kwargs = dict(vocab_size=int(vocab), d_model=int(d), decoder_layers=shape["layers"],
+                  decoder_attention_heads=shape["heads"], decoder_ffn_dim=shape["ffn"],
+                  max_target_positions=shape["positions"])
+    return WhisperDecoderConfig(**{**kwargs, **overrides})
 
 
 def cross_attention(v: _Variables, prefix: str, d: int, heads: int) -> dict:
