@@ -189,7 +189,7 @@ def whisper_scores(whisper: WhisperTexts, llm: EncDecTaskModel, llm_params: Any,
             if translate_from:
                 translations += whisper(batch["features"], batch["feature_mask"], lang, "translate")
             for text, inst, tgt in zip(texts, batch["instruction_tokens"], batch["decoder_target_tokens"]):
-                asr.append(spell_numbers(text, lang or "en") if lang else text)
+                asr.append(spell_numbers(text, lang) if lang else text)
                 inputs.append(vocab.encode(asr[-1]) + [int(t) for t in inst if t > 0])
                 targets.append(tokens_to_text(vocab, tgt, llm.eos_id))
         out[name] = score(name, targets, decode_text(llm, llm_params, inputs, vocab, cfg))
