@@ -109,19 +109,19 @@ class EvalDataCache:
         """encoder: applied to every batch once (e.g. `frozen_encoder(setup)`: the frozen speech
         encoder's outputs in place of the audio features), so models sharing that frozen encoder
         are evaluated without running it again."""
-        self.entries, self.encoder = entries, encoder
+        self.entries, self.encoder = entries, encoder or (lambda batch: batch)
         self.kept: collections.OrderedDict[tuple, tuple[Any, list]] = collections.OrderedDict()
 
     def batches(self, name: str, cfg: EvalConfig) -> Iterator[dict[str, np.ndarray]]:
         if not cfg.max_examples:
-            yield from map(self.encoder or (lambda b: b), eval_batches(name, cfg))
+            yield from map(self.encoder, eval_batches(name, cfg))
             return
         task = seqio.get_mixture_or_task(name)
         key = (name, id(task), cfg.split, tuple(sorted(cfg.feature_lengths.items())), cfg.batch_size,
                cfg.max_examples, repr(sorted(gin_utils.bindings_of("get_batches").items())))
         hit = self.kept.get(key)
         if hit is None:
-            hit = self.kept[key] = (task, list(map(self.encoder or (lambda b: b), eval_batches(name, cfg))))
+            hit = self.kept[key] = (task, list(map(self.encoder, eval_batches(name, cfg))))
             while len(self.kept) > self.entries:
                 self.kept.popitem(last=False)
         self.kept.move_to_end(key)
