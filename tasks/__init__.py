@@ -14,6 +14,14 @@ Registered here:
         _asr_chars, _asr_ast (the paper's ASR+AST mixture), _instruct, _all
     fsdd_asr_en, fsdd_digits       real spoken digits, split "test" (only if the data is there)
     librispeech_asr_en             TFDS LibriSpeech, only from an already prepared copy
+                                   (tasks/librispeech.py; $SLM_LIBRISPEECH_DIR or $TFDS_DATA_DIR)
+    covost2_ast_<src>_<tgt>, covost2_asr_<src>   CoVoST 2 + Common Voice (tasks/covost2.py),
+                                   only when $SLM_COVOST_DIR and $SLM_COMMON_VOICE_DIR are set
+    fleurs_asr_<lang>, fleurs_ast_<lang>_en      FLEURS TSV layout (tasks/fleurs.py), only when
+                                   $SLM_FLEURS_DIR is set
+Real corpora elsewhere: tasks.librispeech.register_librispeech(data_dir),
+tasks.covost2.register_covost2(covost_dir, common_voice_dir, pairs),
+tasks.fleurs.register_fleurs(root, languages), from a module gin imports.
 Your own recordings: tasks.local_manifest.register_manifest(name, "manifest.tsv").
 
 Adding a task is one call: a corpus, a function record -> (instruction, target) or None to
@@ -37,17 +45,20 @@ Modules, each importing only modules listed before it:
     prompts              instruction prompts and makers (record -> instruction, target)
     vocab                the vocabularies (the world one is trained on world_text + prompts)
     common               corpora, the task pipeline, register_task / register_mixture
-    asr, ast, instruct, spoken_world, fsdd, local_manifest   corpora and task registrations
+    asr, ast, instruct, spoken_world, fsdd, local_manifest, librispeech, covost2, fleurs
+                         corpora and task registrations
     mixtures             the spoken_world tasks and mixtures of a config
     llm_text             text batches of the LLM foundation (world_text, prompts, vocab)
 """
 
-from tasks import (asr, ast, common, fsdd, instruct, local_manifest, mixtures, paths, prompts, spoken_world, vocab,
-                   world_text)
+from tasks import (asr, ast, common, covost2, fleurs, fsdd, instruct, librispeech, local_manifest, mixtures, paths,
+                   prompts, spoken_world, vocab, world_text)
 from tasks.common import METRICS, mixture_rates, register_mixture, register_task
 from tasks.paths import data_dir
 from tasks.spoken_world import SpokenWorldConfig, SpokenWorldCorpus
 
 SPOKEN_WORLD = {name: mixtures.register_spoken_world(name) for name in spoken_world.CONFIGS}
 FSDD_TASKS = fsdd.register_fsdd()
-LIBRISPEECH_TASKS = asr.register_librispeech()
+LIBRISPEECH_TASKS = librispeech.register_default()
+COVOST2_TASKS = covost2.register_default()
+FLEURS_TASKS = fleurs.register_default()

@@ -193,6 +193,13 @@ def _check_audio(path: str) -> tuple[str, str] | None:
     return None
 
 
+def check_audio(path: str) -> tuple[str, str] | None:
+    """(kind, why) an audio file cannot be used, or None: the per-file checks of a manifest
+    row (missing, unreadable, unsupported rate, not mono, empty or too short, truncated,
+    non-finite samples), for other corpora that list audio files."""
+    return _check_audio(path)
+
+
 def samples_16k(path: str) -> int:
     """Samples the file has once resampled to 16 kHz (as features.load_audio returns it)."""
     import soundfile
