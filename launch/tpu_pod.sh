@@ -3,6 +3,9 @@
 # worker, install it, start the same `python -m slm_jax.main ...` on all workers, stream their output
 # to a local log file, and on Ctrl-C / SIGTERM stop the remote processes (SIGTERM, so the trainer
 # saves a checkpoint). `--dry-run` prints every gcloud command instead of running it.
+# Before any TPU VM is created, a pre-flight compiles the run's train step for the requested slice
+# on this host (benchmarks/tpu_compile.py, libtpu's compile-only client) and refuses a config that
+# does not fit the chips' HBM, printing the per-device memory table.
 set -euo pipefail
 
 PROG=tpu_pod.sh
@@ -43,6 +46,12 @@ Options:
   --log FILE              local log file (default: logs/tpu_pod_NAME_DATE.log)
   --delete                delete the slice at the end (also after an error or interruption)
   --stop                  only stop slm_jax.main on all workers (and --delete if given), then exit
+  --preflight on|off      compile the train step for --accelerator on this host first and stop, creating
+                          nothing, if it does not fit the chips' HBM (default: on; needs libtpu here:
+                          pip install -e '.[tpu]'); skipped with --reuse unless --accelerator is given
+  --preflight_python PY   python for the pre-flight (default: the repo's .venv/bin/python, else python3)
+  --preflight_arg=ARG     extra argument for benchmarks/tpu_compile.py (repeatable), e.g.
+                          --preflight_arg=--global_batch=512 --preflight_arg=--steps=train,decode
   --dry-run               print every gcloud command, one per line prefixed with '[dry-run] ', run nothing
   -h, --help              this message
 
@@ -77,7 +86,8 @@ default_version() {
 NAME="" ZONE="" PROJECT="" ACCELERATOR="" VERSION="" LOG="" PYTHON="python3"
 REMOTE_DIR="slm_jax" INSTALL="pip" INSTALL_CMD=""
 REUSE=0 DELETE=0 STOP=0 SPOT=0
-CREATE_ARGS=() SSH_FLAGS=() ENVS=()
+PREFLIGHT=on PREFLIGHT_PY=""
+CREATE_ARGS=() SSH_FLAGS=() ENVS=() PREFLIGHT_ARGS=()
 
 parse_flag() {
   case $1 in
@@ -104,6 +114,9 @@ parse_option() {
     --repo) REPO=$2 ;;
     --env) ENVS+=("$2") ;;
     --log) LOG=$2 ;;
+    --preflight) PREFLIGHT=$2 ;;
+    --preflight_python) PREFLIGHT_PY=$2 ;;
+    --preflight_arg) PREFLIGHT_ARGS+=("$2") ;;
     *) return 1 ;;
   esac
 }
@@ -117,6 +130,7 @@ parse_args "$@"
   die "--remote_dir must be a relative path of plain names (no '..', no leading '/' or '.'): $REMOTE_DIR"
 resolve_repo
 case $INSTALL in pip|make|none) ;; *) die "--install must be pip, make or none, got: $INSTALL" ;; esac
+case $PREFLIGHT in on|off) ;; *) die "--preflight must be on or off, got: $PREFLIGHT" ;; esac
 check_envs
 
 if (( ! STOP )); then
@@ -216,6 +230,34 @@ if (( STOP )); then
   fi
   exit 0
 fi
+
+# The pre-flight: the run's train step compiled for the slice on this host, before anything is
+# created. benchmarks/tpu_compile.py exits 3 when a step does not fit the chips' HBM.
+preflight() {
+  [[ $PREFLIGHT == on && -n $ACCELERATOR ]] || return 0
+  local topology=${ACCELERATOR/#v5litepod-/v5e-} py=$PREFLIGHT_PY
+  if [[ -z $py ]]; then
+    if [[ -x $REPO/.venv/bin/python ]]; then py=$REPO/.venv/bin/python; else py=python3; fi
+  fi
+  local cmd=("$py" "$REPO/benchmarks/tpu_compile.py" --topology="$topology" --steps=train)
+  local f b
+  for f in "${GIN_FILES[@]}"; do cmd+=("--gin_file=$REPO/$f"); done
+  for b in ${GIN_BINDINGS[@]+"${GIN_BINDINGS[@]}"}; do cmd+=("$b"); done
+  cmd+=(${PREFLIGHT_ARGS[@]+"${PREFLIGHT_ARGS[@]}"})
+  if (( DRY_RUN )); then
+    printf '[dry-run] %s\n' "$(quote_cmd "${cmd[@]}")"
+    return 0
+  fi
+  info "pre-flight: compiling the train step for $ACCELERATOR ($topology) on this host"
+  local rc=0
+  "${cmd[@]}" || rc=$?
+  case $rc in
+    0) info "pre-flight: fits $ACCELERATOR" ;;
+    3) die "pre-flight: this config does not fit $ACCELERATOR (table above); nothing was created" ;;
+    *) die "pre-flight compile failed (exit $rc); fix it or pass --preflight off" ;;
+  esac
+}
+preflight
 
 (( DRY_RUN )) || trap delete_slice EXIT
 

@@ -177,6 +177,11 @@ def test_tpu_pod_dry_run_exact_commands(tpu_env):
     assert not tpu_env["gcloud_log"].exists(), "dry-run must not call gcloud"
     assert not (tpu_env["tmp"] / "slm_jax_launch_slm-test").exists(), "dry-run must not stage files"
     lines = res.stdout.splitlines()
+    # first the pre-flight, on this host, before anything is created
+    preflight = shlex.split(lines.pop(0)[len(DRY):])
+    assert preflight[1:] == [f"{tpu_env['repo']}/benchmarks/tpu_compile.py", "--topology=v4-32", "--steps=train",
+                             f"--gin_file={tpu_env['repo']}/gin/a.gin", f"--gin_file={tpu_env['repo']}/gin/b.gin",
+                             *MAIN_ARGV[5:]]
     assert all(ln.startswith(DRY + "gcloud compute tpus tpu-vm ") for ln in lines), lines
     stage = f"{tpu_env['tmp']}/slm_jax_launch_slm-test/repo"
     loc = "--zone=us-central2-b --project=my-proj"
@@ -190,7 +195,7 @@ def test_tpu_pod_dry_run_exact_commands(tpu_env):
         ssh + r"mkdir\ -p\ --\ slm_jax\ \&\&\ rm\ -rf\ --\ slm_jax",
         f"{DRY}gcloud compute tpus tpu-vm scp --recurse {stage} slm-test:slm_jax {loc} --worker=all",
     ]
-    cmds = dry_commands(res.stdout)
+    cmds = dry_commands(res.stdout)[1:]
     prefix = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "slm-test", "--zone=us-central2-b",
               "--project=my-proj", "--worker=all"]
     assert cmds[4] == prefix + [r"--command=cd slm_jax && python3 -m pip install -e . jax\[tpu\]"]
@@ -215,6 +220,8 @@ def test_tpu_pod_reuse_delete_and_versions(tpu_env):
                      "--dry-run", env=tpu_env["env"])
     assert res.returncode == 0, res.stderr
     cmds = dry_commands(res.stdout)
+    assert "--topology=v5e-16" in cmds[0]            # the pre-flight, for the slice's chips
+    cmds = cmds[1:]
     assert cmds[1][-4:] == ["--accelerator-type=v5litepod-16", "--version=v2-alpha-tpuv5-lite", "--spot",
                             "--network=my-net"]
     assert not any("pip install" in c[-1] for c in cmds)
@@ -245,7 +252,7 @@ def test_tpu_pod_real_run_with_stand_in_gcloud(tpu_env, main_rc):
     log = tpu_env["tmp"] / "out" / "run.log"
     res = run_script("tpu_pod.sh", *BASE, "--accelerator", "v4-32", *GIN_ARGS, "--env", "MY_VAR=a b",
                      "--python", tpu_env["py"], "--delete", "--log", str(log), "--repo", str(tpu_env["repo"]),
-                     env=env)
+                     "--preflight", "off", env=env)
     assert res.returncode == main_rc, res.stderr
     calls = read_jsonl(tpu_env["gcloud_log"])
     assert [c[3] for c in calls] == ["describe", "create", "ssh", "scp", "ssh", "ssh", "delete"]
@@ -268,7 +275,7 @@ def test_tpu_pod_sigterm_stops_remote_processes(tpu_env):
     pidfile = tpu_env["home"] / "slm_jax" / ".launch_main.pid"
     proc = subprocess.Popen(["bash", str(LAUNCH / "tpu_pod.sh"), *BASE, "--accelerator", "v4-32", "--gin_file",
                              "gin/a.gin", "--install", "none", "--python", tpu_env["py"], "--log",
-                             str(tpu_env["tmp"] / "run.log"), "--repo", str(tpu_env["repo"])],
+                             str(tpu_env["tmp"] / "run.log"), "--repo", str(tpu_env["repo"]), "--preflight", "off"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     main_pid = None
     try:
@@ -294,6 +301,45 @@ def test_tpu_pod_sigterm_stops_remote_processes(tpu_env):
     assert "kill -TERM" in calls[-1][-1]
     assert {"event": "TERM", "pid": main_pid} in read_jsonl(tpu_env["py_log"])
     assert "stopped slm_jax.main" in out  # printed by the stop command on the worker
+
+
+# A stand-in benchmarks/tpu_compile.py run: logs its argv, prints a table line, exits FAKE_PREFLIGHT_RC.
+FAKE_PREFLIGHT = """
+import json, os, sys
+with open(os.environ["FAKE_PREFLIGHT_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+print("| train | table from the stand-in |")
+sys.exit(int(os.environ.get("FAKE_PREFLIGHT_RC", "0")))
+"""
+
+
+@pytest.mark.parametrize("rc", [0, 3, 1])
+def test_tpu_pod_preflight_refuses_before_creating_anything(tpu_env, rc):
+    pre = write_exe(tpu_env["tmp"] / "bin" / "fake_preflight", FAKE_PREFLIGHT)
+    env = dict(tpu_env["env"], FAKE_PREFLIGHT_RC=str(rc), FAKE_PREFLIGHT_LOG=str(tpu_env["tmp"] / "pre.jsonl"),
+               FAKE_RC="0")
+    res = run_script("tpu_pod.sh", *BASE, "--accelerator", "v5litepod-256", "--gin_file", "gin/a.gin",
+                     "--gin.CompileConfig.global_batch=512", "--preflight_python", str(pre),
+                     "--preflight_arg=--audio_seconds=20", "--install", "none", "--python", tpu_env["py"],
+                     "--log", str(tpu_env["tmp"] / "run.log"), "--repo", str(tpu_env["repo"]), env=env)
+    argv, = read_jsonl(tpu_env["tmp"] / "pre.jsonl")
+    assert argv == [f"{tpu_env['repo']}/benchmarks/tpu_compile.py", "--topology=v5e-256", "--steps=train",
+                    f"--gin_file={tpu_env['repo']}/gin/a.gin", "--gin.CompileConfig.global_batch=512",
+                    "--audio_seconds=20"]
+    assert "table from the stand-in" in res.stdout
+    calls = [c[3] for c in read_jsonl(tpu_env["gcloud_log"])]
+    if rc == 0:
+        assert res.returncode == 0, res.stderr
+        assert calls[:2] == ["describe", "create"]
+    else:
+        assert res.returncode != 0 and calls == []          # nothing described, created or copied
+        assert ("does not fit v5litepod-256" if rc == 3 else "pre-flight compile failed") in res.stderr
+
+
+def test_tpu_pod_preflight_flag_is_checked(tpu_env):
+    res = run_script("tpu_pod.sh", *BASE, "--accelerator", "v4-8", "--gin_file", "gin/a.gin", "--preflight", "maybe",
+                     "--repo", str(tpu_env["repo"]), "--dry-run", env=tpu_env["env"])
+    assert res.returncode != 0 and "--preflight must be on or off" in res.stderr
 
 
 # ----------------------------------------------------------------------------- slurm.sh
