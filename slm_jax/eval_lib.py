@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import seqio
 
-from slm_jax import gin_utils
+from slm_jax import gin_utils, run_inputs
 from slm_jax.cached_features import jitted_encoder
 from slm_jax.data import get_batches, pad_rows
 from slm_jax.features import FeatureConfig, compute_features, load_audio
@@ -46,8 +46,10 @@ class EvalConfig:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
-    """What inference reads: audio files, one text instruction, the vocabulary and speech
-    features the model was trained with, and decoding.
+    """What inference reads: audio files, one text instruction, and decoding. vocabulary /
+    features: None (the default) for the run's own (its LLM's SentencePiece model, its speech
+    encoder's front end, see RunConfig.inputs; the tasks' default vocabulary when the run names
+    none); set them only for a model trained with others.
 
     max_frames: the longest stretch of speech (feature frames) the model is run on at once: the
     speech length it was trained with (TrainConfig.feature_lengths["speech"]); 3000 is 30 s of
@@ -57,7 +59,7 @@ class InferConfig:
     audio_files: Sequence[str] = ()
     instruction: str = ""
     vocabulary: Any = None
-    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    features: FeatureConfig | None = None
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     max_frames: int = 3000
     long_audio: str = "windows"
@@ -66,8 +68,6 @@ class InferConfig:
     def __post_init__(self):
         if not self.audio_files:
             raise ValueError("InferConfig.audio_files is empty: which audio files should be transcribed?")
-        if self.vocabulary is None:
-            raise ValueError("InferConfig.vocabulary is not set (the vocabulary the model was trained with)")
         if self.long_audio not in ("windows", "refuse"):
             raise ValueError(f"InferConfig.long_audio must be 'windows' or 'refuse', got {self.long_audio!r}")
         if self.max_frames < 1 or self.batch_size < 1:
@@ -89,6 +89,13 @@ def score(task_name: str, targets: Sequence[str], predictions: Sequence[str]) ->
     for fn in seqio.get_mixture_or_task(task_name).metric_fns:
         out.update({k: float(v) for k, v in fn(targets, predictions).items()})
     return out
+
+
+def check_split(name: str, split: str) -> None:
+    """An evaluation split the task lacks is refused naming the ones it has."""
+    splits = list(seqio.get_mixture_or_task(name).splits)
+    if split not in splits:
+        raise ValueError(f"eval task {name!r} has no {split!r} split (it has {splits}): set EvalConfig.split")
 
 
 def eval_batches(name: str, cfg: EvalConfig) -> Iterator[dict[str, np.ndarray]]:
@@ -169,6 +176,8 @@ def evaluate(s: Setup, cfg: EvalConfig, trainable: Any, step: int,
     writer = MetricsWriter(s.run.run_dir, f"eval{cfg.tag}")
     results = {}
     for name in cfg.eval_tasks:
+        check_split(name, cfg.split)
+    for name in cfg.eval_tasks:
         t0 = time.time()
         targets, preds = decode_task(s, params, name, cfg, data)
         scores = score(name, targets, preds)
@@ -204,15 +213,15 @@ def speech_batch(features: Sequence[np.ndarray], instruction: Sequence[int]) -> 
             "instruction_tokens": np.tile(np.asarray(list(instruction) + [0], np.int32), (len(features), 1))}
 
 
-def infer_windows(path: str, cfg: InferConfig) -> list[np.ndarray]:
-    """The features of one audio file in windows of at most cfg.max_frames frames (one window
+def infer_windows(path: str, cfg: InferConfig, features: FeatureConfig) -> list[np.ndarray]:
+    """The `features` of one audio file in windows of at most cfg.max_frames frames (one window
     when it fits); a longer file is refused (long_audio="refuse") or announced."""
-    audio = load_audio(path, cfg.features.sample_rate)
-    feats = compute_features(audio, cfg.features.sample_rate, config=cfg.features, source=path)
+    audio = load_audio(path, features.sample_rate)
+    feats = compute_features(audio, features.sample_rate, config=features, source=path)
     n = feats.shape[0]
     if n <= cfg.max_frames:
         return [feats]
-    seconds = f"{audio.size / cfg.features.sample_rate:.1f} s"
+    seconds = f"{audio.size / features.sample_rate:.1f} s"
     if cfg.long_audio == "refuse":
         raise ValueError(f"{path}: {n} feature frames ({seconds}) is longer than InferConfig.max_frames="
                          f"{cfg.max_frames}, the speech the model takes at once; set InferConfig.long_audio="
@@ -232,12 +241,17 @@ def infer(run: RunConfig, cfg: InferConfig) -> list[str]:
         trainable, _ = s.restore()
     finally:
         s.checkpointer.close()
-    windows = [infer_windows(p, cfg) for p in cfg.audio_files]     # every file checked before decoding
+    vocab = cfg.vocabulary or run_inputs.vocabulary()
+    if vocab is None:
+        raise ValueError("InferConfig.vocabulary is not set and the run names none (RunConfig.vocabulary, or an "
+                         "LLM checkpoint directory with spiece.model; or import the tasks the model was trained on)")
+    features = cfg.features or run_inputs.feature_config(FeatureConfig())
+    windows = [infer_windows(p, cfg, features) for p in cfg.audio_files]     # every file checked before decoding
     flat = [w for ws in windows for w in ws]
-    instruction, params, texts = cfg.vocabulary.encode(cfg.instruction), s.params(trainable), []
+    instruction, params, texts = vocab.encode(cfg.instruction), s.params(trainable), []
     for i in range(0, len(flat), cfg.batch_size):
         tokens, _ = s.model.predict_batch(params, speech_batch(flat[i:i + cfg.batch_size], instruction), cfg.decode)
-        texts += [tokens_to_text(cfg.vocabulary, t, s.model.eos_id) for t in np.asarray(tokens)]
+        texts += [tokens_to_text(vocab, t, s.model.eos_id) for t in np.asarray(tokens)]
     outs, at = [], 0
     for p, ws in zip(cfg.audio_files, windows):
         outs.append(" ".join(t for t in texts[at:at + len(ws)] if t))

@@ -29,9 +29,10 @@ MODES = ("train", "eval", "infer")
 
 
 def train_mode() -> dict:
+    """Train; with EvalConfig bound, evaluate every TrainConfig.eval_every steps and at the end."""
     run, cfg = train_lib.RunConfig(), train_lib.TrainConfig()
     evaluator = None
-    if cfg.eval_every:
+    if cfg.eval_every or gin_utils.bindings_of("EvalConfig"):
         eval_cfg, data = eval_lib.EvalConfig(), eval_lib.EvalDataCache()
         evaluator = lambda s, trainable, step: eval_lib.evaluate(s, eval_cfg, trainable, step, data)  # noqa: E731
     return train_lib.train(run, cfg, evaluator)

@@ -194,6 +194,10 @@ class SLMTaskModel(EncDecTaskModel):
     def init_boxed(self, rng: jax.Array) -> Any:
         return self.module.init(rng, **dummy_inputs(self.config))["params"]
 
+    def with_config(self, config: SLMConfig) -> "SLMTaskModel":
+        """The same task model on another config (the one its foundations' checkpoints define)."""
+        return SLMTaskModel(config, self.label_smoothing, self.z_loss)
+
     def logits(self, params, batch: Batch, rngs, deterministic: bool) -> jax.Array:
         speech, mask, precomputed = speech_inputs(batch)
         return self.module.apply({"params": params}, speech, mask, batch["instruction_tokens"],

@@ -14,12 +14,15 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+import seqio
 
-from slm_jax import cached_features, gin_utils
+from slm_jax import cached_features, foundations, gin_utils, run_inputs
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.manager import TrainCheckpointer
 from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
+from slm_jax.features import FeatureConfig
+from slm_jax.models.slm import SLMConfig
 from slm_jax.fingerprint import state_fingerprint
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.progress import MetricsWriter, Progress, truncate_logs
@@ -40,7 +43,16 @@ class RunConfig:
     mesh: device mesh (built when the RunConfig is, so MeshConfig bindings apply).
     seed: parameter init (of every subtree no checkpoint provides) and the data order.
     train_steps: the schedule's length and where training stops.
-    speech_encoder_checkpoint / llm_checkpoint: foundation files loaded into those subtrees.
+    speech_encoder_checkpoint / llm_checkpoint: foundations loaded into those subtrees: a msgpack
+      parameter file, or a Hugging Face / CTranslate2 directory, whose own config then defines the
+      model part (an SLMConfig part left unbound is built from it; a bound one must agree with it
+      on every field it defines; see slm_jax.foundations).
+    speech_encoder_overrides / llm_overrides: settings of a checkpoint-defined part that the
+      checkpoint does not fix, e.g. {"dtype": jnp.bfloat16}.
+    vocabulary: SentencePiece model of every task of the run; None: the LLM directory's
+      spiece.model if it has one, else the tasks' own.
+    features: front end of every task of the run registered without its own; None: the speech
+      encoder's (Whisper log-mel, w2v-BERT fbank, log-mel for our Conformer).
     save_every / keep / async_save: checkpointing."""
     run_dir: str | None = None
     model: TaskModel | None = None
@@ -51,12 +63,39 @@ class RunConfig:
     accum_steps: int = 1
     speech_encoder_checkpoint: str | None = None
     llm_checkpoint: str | None = None
+    speech_encoder_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    llm_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vocabulary: str | None = None
+    features: FeatureConfig | None = None
     save_every: int = 1000
     keep: int = 3
     async_save: bool = True
 
     def __post_init__(self):
         gin_utils.require(self, "run_dir", "model")
+        config = getattr(self.model, "config", None)
+        if isinstance(config, SLMConfig):
+            resolved = foundations.resolve_slm(
+                config, llm_checkpoint=self.llm_checkpoint, speech_encoder_checkpoint=self.speech_encoder_checkpoint,
+                llm_overrides=self.llm_overrides, speech_encoder_overrides=self.speech_encoder_overrides)
+            if resolved != config:
+                object.__setattr__(self, "model", self.model.with_config(resolved))
+        elif self.llm_overrides or self.speech_encoder_overrides:
+            raise ValueError("RunConfig.llm_overrides / speech_encoder_overrides apply to an SLM's foundations; "
+                             f"this run's model is a {type(self.model).__name__}")
+
+    def inputs(self) -> tuple[Any, FeatureConfig | None]:
+        """(vocabulary, feature config) of the run's tasks (None: the tasks' own), see
+        RunConfig.vocabulary / features."""
+        path = foundations.vocabulary_path(self.vocabulary, self.llm_checkpoint)
+        config = getattr(self.model, "config", None)
+        encoder = config.speech_encoder if isinstance(config, SLMConfig) else None
+        return (foundations.vocabulary(path) if path else None), foundations.run_features(encoder, self.features)
+
+    def foundation_ids(self) -> dict:
+        """sha256 of each foundation checkpoint (the fingerprint's record of which ones were used)."""
+        return {kind: foundations.identity(path) for kind, path in (("speech_encoder", self.speech_encoder_checkpoint),
+                                                                    ("llm", self.llm_checkpoint)) if path}
 
 
 @gin.configurable
@@ -120,7 +159,10 @@ class Setup:
 
 
 def setup(run: RunConfig) -> Setup:
-    """Model, mesh, trainer and checkpointer; params initialised (foundations loaded if given)."""
+    """Model, mesh, trainer and checkpointer; params initialised (foundations loaded if given).
+    Makes the run's vocabulary and front end those of every task without its own (run_inputs)."""
+    vocab, features = run.inputs()
+    run_inputs.use(vocab, features)
     partitioner = Partitioner(make_mesh(run.mesh), fsdp=run.mesh.fsdp)
     model = run.model
     boxed = model.abstract_params()
@@ -149,10 +191,18 @@ def setup(run: RunConfig) -> Setup:
     params = {k: params[k] for k in abstract}      # the model's own subtree order
     trainable, frozen = trainer.split(params)
     fingerprint = state_fingerprint(trainer.abstract_trainable, model=model.config,
-                                    trainable_patterns=list(run.trainable_patterns))
+                                    trainable_patterns=list(run.trainable_patterns),
+                                    vocabulary=vocabulary_fingerprint(),
+                                    features=features, foundations_sha256=run.foundation_ids())
     ckpt = TrainCheckpointer(os.path.join(run.run_dir, "checkpoints"), fingerprint, save_every=run.save_every,
                              keep=run.keep, async_save=run.async_save)
     return Setup(run, model, partitioner, trainer, trainable, frozen, ckpt)
+
+
+def vocabulary_fingerprint() -> dict | None:
+    """What identifies the vocabulary the run's tasks tokenize with (None: no tasks imported)."""
+    vocab = run_inputs.vocabulary()
+    return run_inputs.vocabulary_id(vocab) if vocab is not None else None
 
 
 def cache_fingerprint(run: RunConfig) -> dict:
@@ -182,6 +232,45 @@ def check_batch_size(s: Setup, cfg: TrainConfig) -> None:
                          f"RunConfig.accum_steps={s.run.accum_steps} (the microbatches must be equal)")
 
 
+def check_vocabulary(s: Setup, cfg: TrainConfig) -> None:
+    """The train task's vocabulary must fit the LLM's embedding table: refused before step 1,
+    naming both sizes (larger ids would index past the table and train to NaN)."""
+    llm = getattr(s.model, "llm_config", None)
+    if llm is None:
+        return
+    vocab = seqio.get_mixture_or_task(cfg.train_task).output_features["targets"].vocabulary
+    if vocab.vocab_size > llm.vocab_size:
+        raise ValueError(
+            f"task {cfg.train_task!r} tokenizes with {vocab} ({vocab.vocab_size} ids), more than the LLM's "
+            f"embedding table (T5Config.vocab_size={llm.vocab_size}). Use the LLM's own SentencePiece model: put "
+            "spiece.model in RunConfig.llm_checkpoint's directory or set RunConfig.vocabulary")
+
+
+def nonfinite_error(host: Sequence[Mapping[str, Any]], step: int) -> FloatingPointError:
+    """The error naming the first of the steps up to `step` (metrics `host`, the last len(host)
+    steps) whose loss or gradient was not finite (the train step kept the previous params then,
+    so nothing non-finite is in the state)."""
+    bad = [i for i, m in enumerate(host) if m["nonfinite"]]
+    at = step - len(host) + 1 + bad[0]
+    return FloatingPointError(
+        f"[train] non-finite loss or gradient at step {at} (loss={float(host[bad[0]]['loss'])}, grad_norm="
+        f"{float(host[bad[0]]['grad_norm'])}); training stopped and nothing after step {at - 1} is saved. "
+        "Check that step's data, the learning rate, and that the vocabulary and features fit the model")
+
+
+def check_features(s: Setup, cfg: TrainConfig, batch: Mapping[str, np.ndarray]) -> None:
+    """The first batch's features must have the width the speech encoder takes (refused before
+    step 1, naming the task and both widths)."""
+    config = getattr(s.model, "config", None)
+    if not isinstance(config, SLMConfig) or "features" not in batch:
+        return
+    want = foundations.input_dim(config.speech_encoder)
+    if batch["features"].shape[-1] != want:
+        raise ValueError(f"task {cfg.train_task!r} gives {batch['features'].shape[-1]}-dim speech features, but "
+                         f"the speech encoder ({type(config.speech_encoder).__name__}) takes {want}: register the "
+                         "task without feature_config (the run's front end) or set RunConfig.features")
+
+
 def resume(s: Setup) -> tuple[Any, int]:
     """(train state, step) to continue from: the newest intact checkpoint (damaged newer steps
     are moved aside, see TrainCheckpointer.restore_latest), else a fresh state at step 0. The
@@ -199,7 +288,8 @@ def resume(s: Setup) -> tuple[Any, int]:
 
 def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) -> dict:
     """Train the trainable subtree to run.train_steps; resumes from the newest intact checkpoint
-    in run.run_dir. `evaluator(setup, trainable, step)` runs every cfg.eval_every steps. A
+    in run.run_dir. `evaluator(setup, trainable, step)` runs every cfg.eval_every steps and once
+    when training completes. A
     preempted run (SIGTERM / SIGINT) saves and ends the process with status 128 + signal. No
     checkpoint is written before the first step completes (a run that fails before it leaves
     nothing that would tie a later run to its config)."""
@@ -209,6 +299,7 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
     s = setup(run)
     try:
         check_batch_size(s, cfg)
+        check_vocabulary(s, cfg)
         state, start = resume(s)
     except BaseException:
         s.checkpointer.close()
@@ -221,26 +312,39 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
     pending: list[dict] = []
     last: dict = {}
     step = start
+    nonfinite = False
     try:
         while step < run.train_steps:
-            batch = s.partitioner.shard_batch(next(batches))
+            host_batch = next(batches)
+            if step == start:
+                check_features(s, cfg, host_batch)
+            batch = s.partitioner.shard_batch(host_batch)
             state, metrics = s.trainer.train_step(state, s.frozen, batch, rng)
             step += 1
             pending.append(metrics)
-            if step % cfg.log_every == 0 or step == run.train_steps:
+            log_now = step % cfg.log_every == 0 or step == run.train_steps
+            if log_now or s.checkpointer.save_due(step):
                 host = jax.device_get(pending)
-                last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                pending = []
-                writer.write(step, last)
-                progress.report(step, {k: last[k] for k in ("loss", "accuracy", "learning_rate") if k in last})
+                nonfinite = any(m["nonfinite"] for m in host)
+                if nonfinite:
+                    raise nonfinite_error(host, step)
+                if log_now:
+                    last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                    writer.write(step, last)
+                    progress.report(step, {k: last[k] for k in ("loss", "accuracy", "learning_rate") if k in last})
+                    pending = []
             s.checkpointer.maybe_save(step, state)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < run.train_steps:
                 evaluator(s, state.params, step)
             if s.checkpointer.preempted or (cfg.stop_after is not None and step >= cfg.stop_after):
+                host = jax.device_get(pending)           # checked before the final save below
+                nonfinite = any(m["nonfinite"] for m in host)
+                if nonfinite:
+                    raise nonfinite_error(host, step)
                 print(f"[train] stopping at step {step}; checkpoint saved", flush=True)
                 break
     finally:
-        if step > start:       # nothing new to keep before the first completed step
+        if step > start and not nonfinite:    # nothing new to keep before the first completed step
             s.checkpointer.maybe_save(step, state, force=True)
         s.checkpointer.close()
         writer.close()
@@ -254,6 +358,8 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
         params = s.params(state.params)
         save_params(cfg.export_to, params[cfg.export_subtree] if cfg.export_subtree else params)
         print(f"[train] exported {cfg.export_subtree or 'params'} to {cfg.export_to}", flush=True)
+    if evaluator is not None and step >= run.train_steps and start < run.train_steps:
+        evaluator(s, state.params, step)      # the trained model, once at the end
     return {"step": step, **last}
 
 

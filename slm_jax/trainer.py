@@ -147,6 +147,13 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, accum_ste
         metrics["grad_norm"] = optax.tree.norm(grads)
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
+        # A non-finite loss or gradient leaves params and optimizer state as they were (the loop
+        # stops on `nonfinite`, see train_lib.train), so no NaN reaches a checkpoint.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree_util.tree_map(keep, params, state.params)
+        opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+        metrics["nonfinite"] = (~finite).astype(jnp.float32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step

@@ -42,6 +42,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax import features as features_lib
+from slm_jax import run_inputs
 from tasks import vocab
 from tasks.prompts import Make
 
@@ -298,10 +299,12 @@ def tf_w2v_bert_fbank(audio: tf.Tensor, num_mel_bins: int = 80, stride: int = 2)
     return tf.reshape(feats[:(n // stride) * stride], [n // stride, num_mel_bins * stride])
 
 
-def speech_features(ds: tf.data.Dataset, feature_config: features_lib.FeatureConfig = DEFAULT_FEATURES
+def speech_features(ds: tf.data.Dataset, feature_config: features_lib.FeatureConfig | None = None
                     ) -> tf.data.Dataset:
-    """audio (int16 or float32 samples at 16 kHz) -> speech [frames, feature_dim] float32."""
-    cfg = feature_config
+    """audio (int16 or float32 samples at 16 kHz) -> speech [frames, feature_dim] float32.
+    feature_config None: the run's front end (slm_jax.run_inputs), DEFAULT_FEATURES before a run
+    sets one."""
+    cfg = feature_config or run_inputs.feature_config(DEFAULT_FEATURES)
     if cfg.kind == "w2v_bert":
         min_samples = features_lib.FBANK_FRAME + (max(2, cfg.stride) - 1) * features_lib.FBANK_HOP
     else:
@@ -379,10 +382,9 @@ METRICS = {"asr": (wer, cer), "ast": (bleu, chrf), "exact_match": (exact_match,)
 # ----------------------------------------------------------------------------- registration
 
 
-def output_features(vocabulary: seqio.Vocabulary | None = None,
-                    feature_config: features_lib.FeatureConfig = DEFAULT_FEATURES) -> dict[str, seqio.Feature]:
+def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
     """The three task features SLMFeatureConverter expects (default vocabulary:
-    tasks.vocab.get_vocabulary())."""
+    tasks.vocab.get_vocabulary(), the run's)."""
     if vocabulary is None:
         vocabulary = vocab.get_vocabulary()
     return {
@@ -394,7 +396,7 @@ def output_features(vocabulary: seqio.Vocabulary | None = None,
 
 def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Callable] = (), *,
                   vocabulary: seqio.Vocabulary | None = None,
-                  feature_config: features_lib.FeatureConfig = DEFAULT_FEATURES,
+                  feature_config: features_lib.FeatureConfig | None = None,
                   shuffle_buffer_size: int = 128, replace: bool = False,
                   long_speech: str = "error") -> seqio.Task:
     """Registers the SeqIO task `name`: `make(record) -> (instruction, target) | None` on `corpus`.
@@ -406,6 +408,10 @@ def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Ca
     files plus a 256-example buffer for TFDS); seqio's per-task shuffle after the features
     uses `shuffle_buffer_size` (each buffered example costs a log-mel computation up front,
     so it is kept small).
+
+    vocabulary / feature_config None (the default): the run's, i.e. its LLM's SentencePiece model
+    and its speech encoder's front end (slm_jax.run_inputs; before a run is set up, the vocabulary
+    $SLM_VOCAB names and DEFAULT_FEATURES). Pass them only to pin a task to other ones.
 
     Speech longer than the run's feature_lengths["speech"] is an error naming the utterance
     (`long_speech="error"`), or dropped with a warning naming it (`"skip"`: manifests, whose
@@ -419,7 +425,7 @@ def register_task(name: str, corpus: Corpus, make: Make, metric_fns: Iterable[Ca
     return seqio.TaskRegistry.add(
         name,
         source=TaskSource(corpus, make, name),
-        output_features=output_features(vocabulary, feature_config),
+        output_features=output_features(vocabulary),
         preprocessors=[
             functools.partial(speech_features, feature_config=feature_config),
             functools.partial(check_speech_length, skip=long_speech == "skip"),

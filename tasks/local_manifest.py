@@ -404,8 +404,11 @@ def register_manifest(name: str, path: str | os.PathLike, *, default_split: str 
     here (strict raises). `max_frames`: the speech feature length of the runs that train on it
     (TrainConfig.feature_lengths["speech"], in frames of the task's `feature_config`); a longer
     row is skipped and named, or with too_long="cut" cut to its first max_frames frames. Rows
-    longer than a run's own feature length are dropped by its pipeline with a warning."""
-    feature_config = kw.get("feature_config", common.DEFAULT_FEATURES)
+    longer than a run's own feature length are dropped by its pipeline with a warning. Without a
+    `feature_config` the task uses the run's front end, and `max_frames` counts log-mel frames
+    (100 per second; w2v-BERT's fbank gives 50, so the limit is then stricter than needed).
+    Other keyword arguments go to tasks.common.register_task (vocabulary, feature_config, ...)."""
+    feature_config = kw.get("feature_config") or common.DEFAULT_FEATURES
     limit = LengthLimit(max_frames, too_long, feature_config) if max_frames is not None else None
     if too_long not in TOO_LONG:
         raise ValueError(f"register_manifest: too_long must be one of {TOO_LONG}, got {too_long!r}")

@@ -9,9 +9,10 @@
 - The mT5 vocabulary (real runs): any SentencePiece model by path, e.g. mT5's spiece.model,
   from the `path` argument or $SLM_MT5_VOCAB.
 
-`get_vocabulary()` picks one: $SLM_VOCAB = "world" (default) | "mt5" | a path to a .model
-file. Task registrations call it at import time, so set the variable before importing tasks.
-All three functions are gin-configurable.
+`get_vocabulary()` is what tasks tokenize with: the run's vocabulary (its LLM checkpoint's
+spiece.model or RunConfig.vocabulary, set by slm_jax.train_lib.setup through
+slm_jax.run_inputs), or before a run is set up the one $SLM_VOCAB names: "world" (default) |
+"mt5" | a path to a .model file. The functions are gin-configurable.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import gin
 import seqio
 
+from slm_jax import run_inputs
 from tasks import paths, prompts, world_text
 
 VOCAB_SIZE = 1000
@@ -127,8 +129,7 @@ def mt5_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
     return seqio.SentencePieceVocabulary(path)
 
 
-@gin.configurable
-def get_vocabulary(name: str | None = None) -> seqio.Vocabulary:
+def named_vocabulary(name: str | None = None) -> seqio.Vocabulary:
     """name (default $SLM_VOCAB or "world"): "world" | "mt5" | a path to a SentencePiece model."""
     name = name or os.environ.get("SLM_VOCAB") or "world"
     if name == "world":
@@ -138,3 +139,14 @@ def get_vocabulary(name: str | None = None) -> seqio.Vocabulary:
     if name.endswith(".model"):
         return mt5_vocabulary(name)
     raise ValueError(f"get_vocabulary: unknown vocabulary {name!r}; use 'world', 'mt5' or a .model path")
+
+
+run_inputs.set_default_vocabulary(named_vocabulary)
+RUN_VOCABULARY = run_inputs.RunVocabulary()
+
+
+@gin.configurable
+def get_vocabulary(name: str | None = None) -> seqio.Vocabulary:
+    """The vocabulary `name` names (see `named_vocabulary`), or without a name the run's: the
+    LLM's SentencePiece model once a run is set up (slm_jax.run_inputs), else $SLM_VOCAB's."""
+    return named_vocabulary(name) if name else RUN_VOCABULARY

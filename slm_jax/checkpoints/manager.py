@@ -69,6 +69,10 @@ class TrainCheckpointer:
         self._old_handlers: dict[int, Any] = {}
 
     # --- saving
+    def save_due(self, step: int) -> bool:
+        """Whether `maybe_save(step, ...)` would save (without forcing)."""
+        return step > 0 and step % self.save_every == 0 and self.manager.latest_step() != step
+
     def maybe_save(self, step: int, state, force: bool = False) -> bool:
         """Save if `step` is a multiple of save_every, or when forced (exit / preemption)."""
         if not force and (step == 0 or step % self.save_every):

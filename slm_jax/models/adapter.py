@@ -23,8 +23,8 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
-    input_dim: int            # speech encoder width
-    output_dim: int           # LLM d_model
+    input_dim: int | None = None    # speech encoder width (None: the encoder's, see slm_jax.foundations)
+    output_dim: int | None = None   # LLM d_model (None: the LLM's)
     hidden_size: int = 256
     num_layers: int = 2
     num_heads: int = 4

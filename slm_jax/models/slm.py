@@ -40,14 +40,18 @@ class SLMConfig:
     frames the adapter keeps only (its last layer skips the dropped ones; the same numbers).
     False runs the encoder over every frame and subsamples its output afterwards: the work an
     implementation that computes the whole encoder output does (benchmarks/common.py counts a
-    reference's FLOPs so). No effect with "mean" subsampling."""
-    speech_encoder: ConformerConfig | WhisperEncoderConfig
-    adapter: AdapterConfig
-    llm: T5Config
+    reference's FLOPs so). No effect with "mean" subsampling.
+    speech_encoder / llm None, adapter input_dim / output_dim None: taken from the foundations'
+    checkpoint directories when the RunConfig is built (slm_jax.foundations)."""
+    speech_encoder: ConformerConfig | WhisperEncoderConfig | None = None
+    adapter: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+    llm: T5Config | None = None
     speech_first: bool = True
     kept_frames_only: bool = True
 
     def __post_init__(self):
+        if not self.complete:
+            return     # parts left to the foundations' checkpoints (slm_jax.foundations.resolve_slm)
         enc_width = getattr(self.speech_encoder, "hidden_size", None) or getattr(self.speech_encoder, "d_model")
         if self.adapter.input_dim != enc_width:
             raise ValueError(f"SLMConfig.adapter.input_dim={self.adapter.input_dim} must equal the speech "
@@ -55,6 +59,11 @@ class SLMConfig:
         if self.adapter.output_dim != self.llm.d_model:
             raise ValueError(f"SLMConfig.adapter.output_dim={self.adapter.output_dim} must equal "
                              f"llm.d_model={self.llm.d_model}")
+
+    @property
+    def complete(self) -> bool:
+        """Every part given (None parts and adapter widths come from the foundations' checkpoints)."""
+        return None not in (self.speech_encoder, self.llm, self.adapter.input_dim, self.adapter.output_dim)
 
 
 def pack(first: Array, first_mask: Array, second: Array, second_mask: Array) -> tuple[Array, Array]:
