@@ -33,6 +33,7 @@ LOGICAL_AXES = (
     "mel",             # input feature channels (log-mel bins)
     "conv_width",      # convolution kernel taps
     "conv_in",         # convolution input channels (non-depthwise)
+    "layers",          # the stacked-layer axis of scanned stacks (models.layers.layer_stack)
 )
 
 # (logical name, mesh axis or None). FSDP-style: large frozen weights shard their "embed" axis
@@ -49,6 +50,7 @@ LOGICAL_AXIS_RULES = (
     ("mel", None),
     ("conv_width", None),
     ("conv_in", None),
+    ("layers", None),       # every device holds its shard of every layer (scan slices it)
 )
 
 

@@ -61,8 +61,11 @@ class ConformerConfig:
     layer_norm_eps: float = 1e-5
     dropout_rate: float = 0.0            # after the front end and every residual branch
     dtype: Any = jnp.float32             # compute dtype; params stay float32
+    scan_layers: bool = False            # layers under nn.scan, params stacked under "layers"
+    remat_policy: str = "none"           # layers.REMAT_POLICIES
 
     def __post_init__(self):
+        layers.check_remat_policy(self.remat_policy, "ConformerConfig")
         if self.subsampling not in SUBSAMPLING:
             raise ValueError(f"ConformerConfig.subsampling must be one of {SUBSAMPLING}, got {self.subsampling!r}")
         if self.position_embeddings_type not in POSITION_EMBEDDINGS:
@@ -314,7 +317,7 @@ class SelfAttention(nn.Module):
         # run it whole.
         b, t = x.shape[:2]
         group = b
-        if jax.default_backend() == "cpu":
+        if layers.backend() == "cpu":
             group = max(1, min(b, ATTENTION_CHUNK_BYTES // (heads * t * t * 4)))
         outs = [self._attend(q[i:i + group], k[i:i + group], v[i:i + group], amask[i:i + group], table)
                 for i in range(0, b, group)]
@@ -405,7 +408,9 @@ class Conformer(nn.Module):
 
     output_stride s > 1 returns only output frames 0, s, 2s, ... and their mask, exactly
     `hidden[:, ::s], mask[:, ::s]`: what a keep-every-s-th-frame adapter reads. The last block
-    then skips the work whose results would be dropped (`ConformerLayer.output_stride`)."""
+    then skips the work whose results would be dropped (`ConformerLayer.output_stride`), except
+    with `scan_layers`, where every layer is the same. `scan_layers` / `remat_policy`: as in
+    slm_jax.models.t5 (params under "layers" with a leading layer axis)."""
     config: ConformerConfig
 
     @nn.compact
@@ -424,11 +429,18 @@ class Conformer(nn.Module):
             x, mask = FeatureProjection(cfg, name="feature_projection")(features.astype(cfg.dtype), mask)
         x = nn.Dropout(cfg.dropout_rate)(_zero_padding(x, mask), deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        if not cfg.num_layers:
+        if cfg.scan_layers and cfg.num_layers:
+            # every layer the same (under nn.scan), so the last one computes every frame too
+            scan, layer = layers.layer_stack(ConformerLayer, cfg.num_layers, in_axes=(nn.broadcast,),
+                                             static=(deterministic,), remat_policy=cfg.remat_policy)
+            x, _ = scan(layer(cfg, name=layers.SCANNED), x, mask)
             x = x[:, ::output_stride]
-        for i in range(cfg.num_layers):
+        elif not cfg.num_layers:
+            x = x[:, ::output_stride]
+        layer = layers.remat(ConformerLayer, cfg.remat_policy, static_argnums=(3,))
+        for i in range(0 if cfg.scan_layers else cfg.num_layers):
             stride = output_stride if i == cfg.num_layers - 1 else 1
-            x = ConformerLayer(cfg, stride, name=f"layers_{i}")(x, mask, deterministic)
+            x = layer(cfg, stride, name=f"layers_{i}")(x, mask, deterministic)
         mask = mask[:, ::output_stride]
         return _zero_padding(x, mask), mask
 

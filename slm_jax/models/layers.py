@@ -1,9 +1,13 @@
-"""Building blocks shared by the model families: logically-partitioned dense/norm layers and
-plain dot-product attention. Every parameter names its logical axes (see partitioning.py)."""
+"""Building blocks shared by the model families: logically-partitioned dense/norm layers,
+plain dot-product attention, and layer stacks under `nn.scan` with rematerialisation. Every
+parameter names its logical axes (see partitioning.py)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import re
+import threading
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,3 +109,117 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     inv = np.exp(-log_inc * np.arange(channels // 2))
     t = np.arange(length)[:, None] * inv[None, :]
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- target backend
+
+_target = threading.local()
+
+
+@contextlib.contextmanager
+def target_backend(name: str) -> Iterator[None]:
+    """Trace for backend `name` (e.g. "tpu" while compiling ahead of time for a TPU topology on a
+    CPU host): `backend()` returns it inside the block, so backend-specific layouts (the
+    Conformer's CPU attention chunking) follow the compile target, not the host."""
+    previous = getattr(_target, "name", None)
+    _target.name = name
+    try:
+        yield
+    finally:
+        _target.name = previous
+
+
+def backend() -> str:
+    """The backend being traced for: `target_backend`'s, else JAX's default backend."""
+    return getattr(_target, "name", None) or jax.default_backend()
+
+
+# ----------------------------------------------------------------------------- layer stacks
+
+# Rematerialisation policies by name (what the backward pass keeps of each layer's forward):
+# none = no remat (keep everything XLA wants), full = keep only the layer's input,
+# dots = keep matmul outputs, dots_no_batch = keep matmul outputs without batch dimensions.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+SCANNED = "layers"      # the stacked layers' submodule name and logical axis name
+
+
+def check_remat_policy(name: str, owner: str) -> None:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"{owner}.remat_policy must be one of {sorted(REMAT_POLICIES)}, got {name!r}")
+
+
+def remat(cls: type, policy: str, static_argnums: Sequence[int] = ()) -> type:
+    """`cls` with its forward recomputed in the backward pass per `policy` (REMAT_POLICIES);
+    `static_argnums` count `self` as 0 (Python values such as `deterministic`)."""
+    if policy == "none":
+        return cls
+    return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=False, static_argnums=tuple(static_argnums))
+
+
+def layer_stack(cls: type, length: int, *, in_axes: Sequence[Any] = (), static: Sequence[Any] = (),
+                remat_policy: str = "none") -> tuple[Callable, type]:
+    """(scan, layer class) for `length` layers of `cls` applied in sequence under `nn.scan`:
+    `carry = scan(layer_class(..., name=SCANNED), carry, *args)[0]` runs
+    `carry = layer(carry, *args, *static)` `length` times, where each of `args` is broadcast to
+    every layer (`nn.broadcast`) or sliced along axis 0 (0) as `in_axes` says and `static` are
+    Python values. A layer returning a tuple carries its first element. Parameters (and a
+    decoding cache) gain a leading axis of size `length`, logically named SCANNED ("layers"):
+    one layer is traced and compiled once instead of `length` times."""
+    n = len(in_axes)
+    cls = remat(cls, remat_policy, tuple(range(2 + n, 2 + n + len(static))))
+
+    def body(module, carry, *args):
+        out = module(carry, *args, *static)
+        return (out[0] if isinstance(out, tuple) else out), None
+
+    scan = nn.scan(body, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+                   in_axes=tuple(in_axes), length=length, metadata_params={nn.PARTITION_NAME: SCANNED})
+    return scan, cls
+
+
+_LAYER = re.compile(r"^layers_(\d+)$")
+
+
+def stack_layers(params: Mapping[str, Any]) -> dict:
+    """Unrolled -> scanned parameter layout: wherever a dict holds "layers_0" .. "layers_{N-1}"
+    (and nothing else named layers_*), they become one "layers" subtree whose leaves are the
+    per-layer leaves stacked on a new leading axis. How checkpoints in the unrolled layout (the
+    Hugging Face / CTranslate2 importers' output) load into a model with scan_layers=True.
+    Works on arrays and on ShapeDtypeStructs."""
+    if not isinstance(params, Mapping):
+        return params
+    out = {k: stack_layers(v) for k, v in params.items()}
+    idx = sorted(int(m.group(1)) for k in out if (m := _LAYER.match(k)))
+    if idx:
+        if idx != list(range(len(idx))):
+            raise ValueError(f"stack_layers: layers {idx} are not numbered 0..{len(idx) - 1}")
+        per_layer = [out.pop(f"layers_{i}") for i in idx]
+        out[SCANNED] = jax.tree_util.tree_map(_stack, *per_layer)
+    return out
+
+
+def _stack(*xs):
+    if isinstance(xs[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(xs),) + tuple(xs[0].shape), xs[0].dtype)
+    return jnp.stack(xs)
+
+
+def unstack_layers(params: Mapping[str, Any]) -> dict:
+    """Scanned -> unrolled layout, the inverse of `stack_layers` (e.g. to export a scanned
+    model's weights to the Hugging Face layout)."""
+    if not isinstance(params, Mapping):
+        return params
+    out = {}
+    for k, v in params.items():
+        if k == SCANNED and isinstance(v, Mapping):
+            n = jax.tree_util.tree_leaves(v)[0].shape[0]
+            for i in range(n):
+                out[f"layers_{i}"] = unstack_layers(jax.tree_util.tree_map(lambda x: x[i], v))
+        else:
+            out[k] = unstack_layers(v)
+    return out

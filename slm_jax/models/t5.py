@@ -27,6 +27,12 @@ beam slot s writes position t at cache index t * K + s, and hypothesis j attends
 in slot beam_slots[b, j, t] (its ancestor's), so only that small table follows the beams.
 
 Parameters are float32; `T5Config.dtype` is the compute dtype; logits are returned in float32.
+
+`T5Config.scan_layers`: each stack's layers run under `nn.scan` (`layers.layer_stack`), so a
+24-layer stack is traced and compiled as one layer: parameters live under "layers" with a
+leading layer axis instead of "layers_0".."layers_{N-1}" (`layers.stack_layers` converts an
+unrolled checkpoint), and the decoding cache is stacked the same way. `remat_policy` recomputes
+each layer's forward in the backward pass (`layers.REMAT_POLICIES`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from slm_jax.models import layers
 from slm_jax.models.layers import RMSNorm, causal_mask, dot_product_attention
 
 Array = jax.Array
@@ -81,8 +88,11 @@ class T5Config:
     pad_id: int = 0
     eos_id: int = 1
     dtype: Dtype = jnp.float32
+    scan_layers: bool = False        # layers under nn.scan, params stacked under "layers"
+    remat_policy: str = "none"       # layers.REMAT_POLICIES
 
     def __post_init__(self):
+        layers.check_remat_policy(self.remat_policy, "T5Config")
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.activation not in _ACTIVATIONS:
             raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected "
@@ -329,9 +339,9 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_mask: Array | None, self_bias: Array | None,
-                 cross_mask: Array, deterministic: bool = True, decode: bool = False,
-                 decode_step: bool = False, cross_kv: tuple[Array, Array] | None = None,
-                 beam_slots: Array | None = None) -> tuple[Array, Array]:
+                 cross_mask: Array, cross_kv: tuple[Array, Array] | None = None,
+                 beam_slots: Array | None = None, deterministic: bool = True, decode: bool = False,
+                 decode_step: bool = False) -> tuple[Array, Array]:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = _norm(cfg, "pre_self_attention_layer_norm")(x)
@@ -375,8 +385,14 @@ class Encoder(nn.Module):
         bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
             jnp.arange(length), jnp.arange(length))
         attn_mask = segment_mask(mask, mask)
-        for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(x, attn_mask, bias, deterministic)
+        if cfg.scan_layers:
+            scan, layer = layers.layer_stack(EncoderLayer, cfg.num_encoder_layers, in_axes=(nn.broadcast,) * 2,
+                                             static=(deterministic,), remat_policy=cfg.remat_policy)
+            x, _ = scan(layer(cfg, name=layers.SCANNED), x, attn_mask, bias)
+        else:
+            layer = layers.remat(EncoderLayer, cfg.remat_policy, static_argnums=(4,))
+            for i in range(cfg.num_encoder_layers):
+                x = layer(cfg, name=f"layers_{i}")(x, attn_mask, bias, deterministic)
         x = _norm(cfg, "encoder_norm")(x)
         return drop(x, deterministic=deterministic)
 
@@ -405,12 +421,46 @@ class Decoder(nn.Module):
             self_mask = causal_mask(length)
             if decoder_mask is not None:
                 self_mask = jnp.logical_and(self_mask, segment_mask(decoder_mask, decoder_mask))
+        if cfg.scan_layers:
+            y = self._scanned_layers(y, encoded, self_mask, bias, cross_mask, relpos, deterministic, decode,
+                                     decode_step, cross_kv, beam_slots)
+            y = _norm(cfg, "decoder_norm")(y)
+            return drop(y, deterministic=deterministic)
+        # decoding never differentiates: no remat there (and the first layer holds `relpos`)
+        layer = layers.remat(DecoderLayer, "none" if decode else cfg.remat_policy, static_argnums=(8, 9, 10))
         for i in range(cfg.num_decoder_layers):
-            y, bias = DecoderLayer(cfg, relpos=relpos if (decode_step and i == 0) else None, name=f"layers_{i}")(
-                y, encoded, self_mask, bias, cross_mask, deterministic, decode, decode_step,
-                None if cross_kv is None else cross_kv[f"layers_{i}"], beam_slots if decode_step else None)
+            y, bias = layer(cfg, relpos=relpos if (decode_step and i == 0) else None, name=f"layers_{i}")(
+                y, encoded, self_mask, bias, cross_mask, None if cross_kv is None else cross_kv[f"layers_{i}"],
+                beam_slots if decode_step else None, deterministic, decode, decode_step)
         y = _norm(cfg, "decoder_norm")(y)
         return drop(y, deterministic=deterministic)
+
+    def _scanned_layers(self, y, encoded, self_mask, bias, cross_mask, relpos, deterministic, decode,
+                        decode_step, cross_kv, beam_slots):
+        """The layers under nn.scan. Every layer must get the same position bias, so in a decode
+        step the stack (not its first layer) computes it, from its own step counter and a cache
+        entry whose length is the cache's (`positions`); cross_kv is (keys, values) stacked on a
+        leading layer axis (`cross_attention_kv`)."""
+        cfg = self.config
+        if decode:
+            index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+            slots = self.variable("cache", "positions", lambda: jnp.zeros((y.shape[1],), jnp.int8))
+            if decode_step:
+                idx, length = index.value, slots.value.shape[0]
+                if beam_slots is None:
+                    key_positions = jnp.arange(length)
+                else:
+                    beams = beam_slots.shape[1]
+                    key_positions = jnp.repeat(jnp.arange(length // beams), beams)
+                bias = relpos(idx[None], key_positions)      # [1, H, 1, cache length]
+                index.value = idx + 1
+        scan, layer = layers.layer_stack(
+            DecoderLayer, cfg.num_decoder_layers,
+            in_axes=(nn.broadcast,) * 4 + (0, nn.broadcast),
+            static=(deterministic, decode, decode_step), remat_policy="none" if decode else cfg.remat_policy)
+        y, _ = scan(layer(cfg, name=layers.SCANNED), y, encoded, self_mask, bias, cross_mask,
+                    cross_kv, beam_slots if decode_step else None)
+        return y
 
 
 class T5(nn.Module):
@@ -510,11 +560,16 @@ def cross_attention_kv(model: T5, params: Any, encoded: Array) -> dict:
     (`KV_LAYOUTS`) for encoder states `encoded` [B, L, D]: {"layers_i": (key, value)}. They
     depend only on the encoder output, so decoding computes them once
     (`decode_step(..., cross_kv=...)`) instead of at every step, already in the layouts the
-    step's dots read. The same projections (DenseGeneral, compute dtype) as `Attention`."""
+    step's dots read. The same projections (DenseGeneral, compute dtype) as `Attention`.
+    With `scan_layers`: (keys [L, B, H, d_kv, S], values [L, B, H, S, d_kv]), stacked per layer."""
     cfg = model.config
     proj = nn.DenseGeneral((cfg.num_heads, cfg.d_kv), axis=-1, use_bias=False, dtype=cfg.dtype,
                            param_dtype=jnp.float32)
     x = encoded.astype(cfg.dtype)
+    if cfg.scan_layers:
+        p = params["decoder"][layers.SCANNED]["encoder_decoder_attention"]
+        one = lambda pk, pv: to_kv_layouts(proj.apply({"params": pk}, x), proj.apply({"params": pv}, x))  # noqa: E731
+        return jax.vmap(one)(p["key"], p["value"])
     out = {}
     for i in range(cfg.num_decoder_layers):
         p = params["decoder"][f"layers_{i}"]["encoder_decoder_attention"]

@@ -48,8 +48,11 @@ class WhisperEncoderConfig:
     max_source_positions: int = 1500      # output frames of a 30 s window (input: twice that)
     dropout_rate: float = 0.0             # after the front end and every residual branch
     dtype: Any = jnp.float32              # compute dtype; params stay float32
+    scan_layers: bool = False             # layers under nn.scan, params stacked under "layers"
+    remat_policy: str = "none"            # layers.REMAT_POLICIES
 
     def __post_init__(self):
+        layers.check_remat_policy(self.remat_policy, "WhisperEncoderConfig")
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(f"WhisperEncoderConfig.d_model {self.d_model} is not divisible by "
                              f"encoder_attention_heads {self.encoder_attention_heads}")
@@ -202,11 +205,18 @@ class WhisperEncoder(nn.Module):
 
         # Padded frames are excluded as keys; padded query rows are computed and later zeroed.
         attn_mask = out_mask[:, None, None, :] if mask is not None else None
-        if not cfg.encoder_layers:
+        if cfg.scan_layers and cfg.encoder_layers:
+            # every layer the same (under nn.scan), so the last one computes every frame too
+            scan, layer = layers.layer_stack(WhisperEncoderLayer, cfg.encoder_layers, in_axes=(nn.broadcast,),
+                                             static=(deterministic,), remat_policy=cfg.remat_policy)
+            x, _ = scan(layer(cfg, name=layers.SCANNED), x, attn_mask)
             x = x[:, ::output_stride]
-        for i in range(cfg.encoder_layers):
+        elif not cfg.encoder_layers:
+            x = x[:, ::output_stride]
+        layer = layers.remat(WhisperEncoderLayer, cfg.remat_policy, static_argnums=(3,))
+        for i in range(0 if cfg.scan_layers else cfg.encoder_layers):
             stride = output_stride if i == cfg.encoder_layers - 1 else 1
-            x = WhisperEncoderLayer(cfg, stride, name=f"layers_{i}")(x, attn_mask, deterministic)
+            x = layer(cfg, stride, name=f"layers_{i}")(x, attn_mask, deterministic)
         out_mask = out_mask[:, ::output_stride]
         x = layers.LayerNorm(1e-5, dtype=cfg.dtype, name="layer_norm")(x)
         return (x if mask is None else _zero_padding(x, out_mask)), out_mask
