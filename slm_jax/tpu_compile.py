@@ -40,6 +40,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from slm_jax import chips
+from slm_jax.models import layers
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.task_model import DecodeConfig, TaskModel
 from slm_jax.trainer import Trainer, make_optimizer, make_schedule, merge_params
@@ -56,7 +57,8 @@ class CompileConfig:
     topology: a slice ("v5e-256") or topology ("v5e:16x16") name (slm_jax.chips).
     num_slices: slices joined over DCN (multislice); the mesh's "data" axis spans them.
     global_batch: examples per train / eval step (all devices together).
-    audio_seconds: padded audio length; frames = audio_seconds x 100 (10 ms hop).
+    audio_seconds: padded audio length; frames = audio_seconds x feature_rate.
+    feature_rate: feature frames per second (100: 10 ms log-mel hop; w2v-BERT 2.0 stacks 2: 50).
     instruction_len / target_len: text lengths of a batch; decode_len: decoded tokens (greedy).
     decode_batch: examples per decode step (None: global_batch).
     frozen_dtype: storage dtype of the frozen weights ("bfloat16", or None: as initialised).
@@ -66,6 +68,7 @@ class CompileConfig:
     num_slices: int = 1
     global_batch: int = 8
     audio_seconds: float = 30.0
+    feature_rate: float = FRAMES_PER_SECOND
     instruction_len: int = 64
     target_len: int = 128
     decode_len: int = 128
@@ -81,7 +84,7 @@ class CompileConfig:
 
     @property
     def frames(self) -> int:
-        return int(round(self.audio_seconds * FRAMES_PER_SECOND))
+        return int(round(self.audio_seconds * self.feature_rate))
 
 
 def tpu_devices(topology: str, num_slices: int = 1) -> list:
@@ -196,7 +199,8 @@ class StepReport:
     from `jaxpr_costs` (estimates); xla_flops / xla_bytes as XLA's cost_analysis says (loop
     bodies once)."""
     step: str
-    compile_seconds: float
+    compile_seconds: float           # wall clock: lowering + XLA compilation
+    compile_cpu_seconds: float = 0.0  # this process's CPU time over the same span (all threads)
     argument_bytes: int = 0
     output_bytes: int = 0
     alias_bytes: int = 0
@@ -255,8 +259,9 @@ _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 def _compile(name: str, jitted, args: tuple, n_weight_args: int, n_devices: int, model_shards: int,
              while_trips: int, serialize_dir: str | None) -> StepReport:
-    t0 = time.perf_counter()
-    lowered = jitted.lower(*args)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with layers.target_backend("tpu"):
+        lowered = jitted.lower(*args)
     try:
         compiled = lowered.compile()
     except Exception as e:          # the TPU compiler's RESOURCE_EXHAUSTED: the program does not fit
@@ -264,11 +269,12 @@ def _compile(name: str, jitted, args: tuple, n_weight_args: int, n_devices: int,
         if "RESOURCE_EXHAUSTED" not in msg and "memory" not in msg.lower():
             raise
         m = _OOM.search(msg)
-        report = StepReport(name, time.perf_counter() - t0, oom=msg.strip().splitlines()[0][:400],
+        report = StepReport(name, time.perf_counter() - t0, time.process_time() - c0,
+                            oom=msg.strip().splitlines()[0][:400],
                             oom_over_bytes=float(m.group(1)) * _UNITS[m.group(2)] if m else None)
         compiled = None
     else:
-        report = StepReport(name, time.perf_counter() - t0, compiled=compiled)
+        report = StepReport(name, time.perf_counter() - t0, time.process_time() - c0, compiled=compiled)
         mem = compiled.memory_analysis()
         report.argument_bytes, report.output_bytes = mem.argument_size_in_bytes, mem.output_size_in_bytes
         report.alias_bytes, report.temp_bytes = mem.alias_size_in_bytes, mem.temp_size_in_bytes
@@ -277,7 +283,8 @@ def _compile(name: str, jitted, args: tuple, n_weight_args: int, n_devices: int,
         report.xla_flops, report.xla_bytes = float(cost.get("flops", 0)), float(cost.get("bytes accessed", 0))
     leaves = [jax.tree_util.tree_leaves(a) for a in args]
     flags = [i < n_weight_args for i, group in enumerate(leaves) for _ in group]
-    closed = jax.make_jaxpr(jitted)(*args)
+    with layers.target_backend("tpu"):
+        closed = jax.make_jaxpr(jitted)(*args)
     costs = jaxpr_costs(closed, flags, n_devices, model_shards, while_trips)
     report.flops, report.bytes_accessed = costs.flops, costs.bytes
     if compiled is not None and serialize_dir:
@@ -350,7 +357,8 @@ def compile_steps(model: TaskModel, cfg: CompileConfig, *, mesh: MeshConfig | No
                 abstract_batch(model, cfg, partitioner, bsz, with_targets=False))), out_shardings=(out_sh, out_sh))
             args = (params, abstract_batch(model, cfg, partitioner, bsz, with_targets=False))
             r = _compile(step, jitted, args, 1, n, m, cfg.decode_len, cfg.serialize_dir)
-        log(f"[tpu_compile]   {step}: {r.compile_seconds:.1f} s" + (f" (does not fit: {r.oom})" if r.oom else ""))
+        log(f"[tpu_compile]   {step}: {r.compile_seconds:.1f} s ({r.compile_cpu_seconds:.0f} CPU s)"
+            + (f" (does not fit: {r.oom})" if r.oom else ""))
         reports.append(r)
     return Report(cfg.topology, cfg.num_slices, chip, n, mesh_shape, cfg, reports, counts)
 
@@ -381,7 +389,7 @@ def format_report(report: Report, title: str = "") -> str:
              f"{c.frozen_dtype or 'as initialised'}",
              "",
              "| step | args GiB | out GiB | alias GiB | temp GiB | total GiB | fits HBM | GFLOP/dev | "
-             "GB/dev | flop/B | roofline ms (est.) | MFU (est.) | compile s |",
+             "GB/dev | flop/B | roofline ms (est.) | MFU (est.) | compile s (CPU s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.steps:
         t, mfu = roofline(r, chip)
@@ -396,7 +404,7 @@ def format_report(report: Report, title: str = "") -> str:
         ai = r.flops / r.bytes_accessed if r.bytes_accessed else 0.0
         lines.append("| " + " | ".join([r.step] + mem + [
             f"{r.flops / 1e9:,.4g}", f"{r.bytes_accessed / 1e9:.3g}", f"{ai:.0f}", f"{t * 1e3:,.4g}",
-            f"{mfu:.0%}", f"{r.compile_seconds:.0f}"]) + " |")
+            f"{mfu:.0%}", f"{r.compile_seconds:.0f} ({r.compile_cpu_seconds:.0f})"]) + " |")
     return "\n".join(lines)
 
 
@@ -404,7 +412,8 @@ def report_dict(report: Report) -> dict:
     """A Report as plain data (for JSON)."""
     out = {"topology": report.topology, "num_slices": report.num_slices, "chip": report.chip.name,
            "devices": report.n_devices, "mesh": report.mesh_shape, "params": report.param_counts,
-           "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(report.config).items()},
+           "config": {k: (list(v) if isinstance(v, tuple) else v)
+                      for k, v in dataclasses.asdict(report.config).items()},
            "fits": report.fits(), "steps": []}
     for r in report.steps:
         t, mfu = roofline(r, report.chip)

@@ -90,11 +90,13 @@ def test_decode_step_shardings(report):
     assert tuple(tokens.spec) == ("data",)
 
 
-def test_frozen_weights_stored_bf16_halve_their_bytes():
+def test_frozen_weights_stored_bf16_halve_their_bytes_and_executables_serialise(tmp_path):
     model = tiny_model()
     kw = dict(mesh=MeshConfig(data=4, model=1), log=lambda s: None)
     f32 = tpu_compile.compile_steps(model, dataclasses.replace(CFG, steps=("eval",), frozen_dtype=None), **kw)
-    bf16 = tpu_compile.compile_steps(model, dataclasses.replace(CFG, steps=("eval",)), **kw)
+    bf16 = tpu_compile.compile_steps(model, dataclasses.replace(CFG, steps=("eval",), serialize_dir=str(tmp_path)),
+                                     **kw)
+    assert (tmp_path / "eval.pkl").stat().st_size > 0
     frozen = f32.param_counts["frozen"]
     saved = f32.steps[0].argument_bytes - bf16.steps[0].argument_bytes
     assert saved >= 2 * frozen * 0.9          # ~2 bytes per frozen parameter (replicated on a 4x1 mesh)
