@@ -174,3 +174,22 @@ def test_public_foundation_run_files_train_on_a_manifest(dirs, tmp_path, run_fil
     assert run.inputs()[1].kind == kind
     out = train_lib.train(run, cfg)
     assert out["step"] == 3 and np.isfinite(out["loss"])
+
+
+def test_checkpoints_load_into_scanned_layer_stacks(dirs, tmp_path):
+    """RunConfig.*_overrides = {"scan_layers": True}: the importers' unrolled layers are stacked
+    into the scanned layout, and the SLM's loss is that of the unrolled model (float32, 1e-5)."""
+    from slm_jax.models.layers import unstack_layers
+    _, speech, llm = dirs
+    scan = {"scan_layers": True}
+    s_plain = train_lib.setup(run_config(tmp_path / "a", speech, llm))
+    s_scan = train_lib.setup(run_config(tmp_path / "b", speech, llm, llm_overrides=scan, speech_encoder_overrides=scan))
+    for s in (s_plain, s_scan):
+        s.checkpointer.close()
+    assert "layers" in s_scan.frozen["llm"]["encoder"] and "layers_0" in s_plain.frozen["llm"]["encoder"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(unstack_layers(s_scan.frozen)),
+                           jax.device_get(s_plain.frozen))
+    batch = next(get_batches("guard_digits_asr", "train", feature_lengths=LENGTHS, batch_size=8, shuffle=False))
+    losses = [float(s.model.loss_fn(s.params(s.trainable), batch, jax.random.PRNGKey(0), True)["loss_sum"])
+              for s in (s_plain, s_scan)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from slm_jax.checkpoints.hf_common import CheckpointError, validate_tree
+from slm_jax.models.layers import SCANNED, stack_layers
 
 
 def save_params(path: str, params: Mapping[str, Any]) -> None:
@@ -32,9 +33,10 @@ def describe_tree(params: Any) -> str:
     return f"top-level keys {sorted(map(str, params))} ({len(leaves)} arrays, {size:,} values)"
 
 
-def load_params(path: str, abstract: Mapping[str, Any] | None = None) -> dict:
+def load_params(path: str, abstract: Mapping[str, Any] | None = None, layout: bool = False) -> dict:
     """Read a msgpack param tree; with `abstract`, check keys and shapes (errors name the key,
-    the file and what it holds)."""
+    the file and what it holds); with `layout`, first bring unrolled layers into `abstract`'s
+    scanned layout (see `in_layout`)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"parameter file not found: {path}")
     with open(path, "rb") as f:
@@ -47,6 +49,8 @@ def load_params(path: str, abstract: Mapping[str, Any] | None = None) -> dict:
     if abstract is not None:
         if not isinstance(params, Mapping):
             raise CheckpointError(f"{path}: holds {describe_tree(params)}; expected {describe_tree(abstract)}")
+        if layout:
+            params = in_layout(params, abstract)
         try:
             validate_tree(params, abstract, path)
         except CheckpointError as e:
@@ -64,7 +68,7 @@ def load_foundation(path: str, kind: str, abstract: Mapping[str, Any]) -> dict:
     LLM; w2v-BERT 2.0 or Whisper for the speech encoder), or a CTranslate2 Whisper directory
     (model.bin) for the speech encoder."""
     if os.path.isfile(path):
-        return load_params(path, abstract)
+        return load_params(path, abstract, layout=True)
     if not os.path.isdir(path):
         raise CheckpointError(f"{kind} checkpoint not found: {path}")
     if kind == "llm":
@@ -87,5 +91,18 @@ def load_foundation(path: str, kind: str, abstract: Mapping[str, Any]) -> dict:
             raise CheckpointError(f"{path}/config.json: unsupported speech encoder model_type {model_type!r}")
     else:
         raise ValueError(f"load_foundation: kind must be 'speech_encoder' or 'llm', got {kind!r}")
+    params = in_layout(params, abstract)
     validate_tree(params, abstract, path)
+    return params
+
+
+def has_key(tree: Any, key: str) -> bool:
+    return isinstance(tree, Mapping) and any(k == key or has_key(v, key) for k, v in tree.items())
+
+
+def in_layout(params: Mapping[str, Any], abstract: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`params` in the layer layout of `abstract`: unrolled layers ("layers_0", ...: what the
+    importers and unscanned models write) are stacked when the model scans its layers."""
+    if has_key(abstract, SCANNED) and not has_key(params, SCANNED):
+        return stack_layers(params)
     return params
