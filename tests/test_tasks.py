@@ -278,7 +278,8 @@ def test_mixture_rates_follow_example_counts(data_dir):
 
 
 def test_world_vocabulary_deterministic_with_t5_ids(data_dir, tmp_path):
-    v = vocab.get_vocabulary()
+    assert vocab.get_vocabulary().resolved is vocab.world_vocabulary()   # before a run names its own
+    v = vocab.get_vocabulary("world")
     assert (v.pad_id, v.eos_id, v.unk_id, v.vocab_size) == (0, 1, 2, vocab.VOCAB_SIZE)
     again = vocab.world_spm_path(vocab.VOCAB_SIZE, str(tmp_path))  # trained afresh elsewhere
     assert again.read_bytes() == open(v.sentencepiece_model_file, "rb").read()
