@@ -193,3 +193,12 @@ def test_checkpoints_load_into_scanned_layer_stacks(dirs, tmp_path):
     losses = [float(s.model.loss_fn(s.params(s.trainable), batch, jax.random.PRNGKey(0), True)["loss_sum"])
               for s in (s_plain, s_scan)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_an_eval_split_the_task_lacks_is_named_with_the_ones_it_has(dirs, tmp_path):
+    from slm_jax import eval_lib
+    _, speech, llm = dirs
+    cfg = eval_lib.EvalConfig(eval_tasks=["guard_digits_asr"], feature_lengths=LENGTHS)     # split "validation"
+    with pytest.raises(ValueError, match=r"eval task 'guard_digits_asr' has no 'validation' split \(it has "
+                                         r"\['train', 'test'\]\): set EvalConfig.split"):
+        eval_lib.evaluate_run(run_config(tmp_path / "run", speech, llm), cfg)
