@@ -9,6 +9,7 @@ demo's stages each run under their own gin files)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any, Iterator, Sequence
@@ -72,8 +73,16 @@ def parse_config(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
             raise SystemExit(f"gin file not found: {f}")
     gin.clear_config()
     gin.add_config_file_search_path(REPO_ROOT)
-    gin.parse_config_files_and_bindings([f if os.path.isfile(f) else os.path.join(REPO_ROOT, f) for f in files],
-                                        list(bindings), finalize_config=False)
+    # gin logs "Path not found" for each search path an include is not under (the working
+    # directory first) before it finds the file under the repo root: probes, not errors.
+    probes = logging.Filter()
+    probes.filter = lambda record: not str(record.msg).startswith("Path not found")
+    logging.getLogger().addFilter(probes)
+    try:
+        gin.parse_config_files_and_bindings([f if os.path.isfile(f) else os.path.join(REPO_ROOT, f) for f in files],
+                                            list(bindings), finalize_config=False)
+    finally:
+        logging.getLogger().removeFilter(probes)
 
 
 def parse_argv(argv: Sequence[str] | None) -> None:
