@@ -202,3 +202,20 @@ def test_an_eval_split_the_task_lacks_is_named_with_the_ones_it_has(dirs, tmp_pa
     with pytest.raises(ValueError, match=r"eval task 'guard_digits_asr' has no 'validation' split \(it has "
                                          r"\['train', 'test'\]\): set EvalConfig.split"):
         eval_lib.evaluate_run(run_config(tmp_path / "run", speech, llm), cfg)
+
+
+def test_a_ctranslate2_whisper_directory_defines_the_speech_encoder(dirs, tmp_path):
+    """Whisper base's CTranslate2 directory (model.bin, shapes only) gives the encoder config and
+    Whisper's log-mel front end; a contradicting override names model.bin and both values."""
+    from slm_jax.checkpoints.whisper_base import whisper_base_dir
+    from slm_jax.models.whisper import WhisperEncoderConfig
+    _, _, llm = dirs
+    base = whisper_base_dir()
+    run = run_config(tmp_path / "run", base, llm)
+    assert run.model.config.speech_encoder == WhisperEncoderConfig(
+        num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
+        max_source_positions=1500)
+    assert run.inputs()[1] == FeatureConfig(kind="whisper", n_mels=80)
+    with pytest.raises(ValueError, match=r"WhisperEncoderConfig.encoder_layers = 4 contradicts the checkpoint "
+                                         r".*model.bin, which has encoder_layers = 6"):
+        run_config(tmp_path / "run", base, llm, speech_encoder_overrides={"encoder_layers": 4})
