@@ -23,7 +23,6 @@ import seqio
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.features import FeatureConfig
 from slm_jax.fingerprint import hash_path
-from slm_jax.models.adapter import AdapterConfig
 from slm_jax.models.conformer import ConformerConfig
 from slm_jax.models.slm import SLMConfig
 from slm_jax.models.t5 import T5Config
@@ -41,7 +40,6 @@ CHECKPOINT_FIELDS = {
     WhisperEncoderConfig: ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
                            "max_source_positions"),
 }
-KINDS = {"llm": "llm", "speech_encoder": "speech_encoder"}
 SPIECE = "spiece.model"
 
 

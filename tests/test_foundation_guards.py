@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from slm_jax import foundations, run_inputs, train_lib
+from slm_jax import run_inputs, train_lib
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
 from slm_jax.features import FeatureConfig
