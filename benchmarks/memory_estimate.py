@@ -1,5 +1,22 @@
 """Per-device HBM estimate for adapter-only SLM training on TPU slices, computed abstractly.
 
+RETIRED AS A FIT VERDICT: XLA's TPU compiler disagrees with this formula, and XLA is what runs.
+`benchmarks/tpu_compile.py` (slm_jax.tpu_compile) compiles the real steps for the slice on this
+host and reports XLA's own per-device memory; use it (and `launch/tpu_pod.sh`'s pre-flight) to
+decide whether a config fits. Checked on the same config (paper model, Adafactor, FSDP, v5e-256,
+mesh 32 x 8, 256 x 30 s, 64 + 128 tokens; benchmarks/README.md, "TPU ahead-of-time compile"):
+  right: the parameter, gradient, optimizer-state and input-batch rows (the sharding rules applied
+    to the abstract shapes): with frozen weights in bf16 they sum to 0.124 GiB; XLA's argument
+    bytes are 0.125 GiB.
+  wrong: the activation and transient rows. As the formula assumes (f32 frozen weights, no
+    remat), it totals 4.75 GiB and "fits"; XLA needs 56.3 GiB of temporaries and refuses the
+    program (over by 40.6 GiB). With bf16 weights and per-layer remat, the formula's own remat
+    note gives 2.57 GiB; XLA: 3.63 GiB (3.51 GiB temporaries). The formula's "2 gathered layers"
+    for FSDP, and its "frozen matmuls keep no inputs", are not what XLA does with a scanned
+    stack: it keeps far more live (all-gathered weights and per-layer residuals across the scan).
+  So the activation formula is kept only as documentation of what a step would need at least;
+  the table's "fits" line is the formula's, not XLA's.
+
     python benchmarks/memory_estimate.py [--slices v4-128,v5e-256] [--optimizers adafactor,adamw]
         [--fsdp both|on|off] [--global_batch 256] [--audio_seconds 30] [--instruction_len 64]
         [--target_len 128] [--custom NAME:CHIPS:HBM_GIB:DATAxMODEL] [--usable 0.9] [--xla_check]
@@ -472,7 +489,7 @@ def print_slice(config: SLMConfig, slice_spec: SliceSpec, optimizers: Sequence[s
     for name in e0.rows:
         print(f"{name:<{width}}" + "".join(f"{_gib(e.rows[name]):>16}" for e in ests))
     print(f"{'total':<{width}}" + "".join(f"{_gib(e.total):>16}" for e in ests))
-    print(f"{f'fits in {usable:.0%} of {slice_spec.hbm_gib:g} GiB?':<{width}}"
+    print(f"{f'fits in {usable:.0%} of {slice_spec.hbm_gib:g} GiB (formula)?':<{width}}"
           + "".join(f"{'yes' if e.fits else 'NO (+' + format((e.total - e.usable_bytes) / GiB, '.1f') + ' GiB)':>16}"
                     for e in ests))
     fits = [max_batch_that_fits(config, e, shapes) for e in ests]
@@ -514,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[Estimate]]:
     print("paper SLM (configs.paper_slm(), bf16 compute, f32 params), adapter-only training: "
           + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in counts.items())
           + f"; trainable {counts.get('adapter', 0) / total:.2%} of {total / 1e9:.2f}B")
+    print("NOTE: the parameter / optimizer / batch rows agree with XLA; the activation rows do not "
+          "(XLA needs far more): for a fit verdict run benchmarks/tpu_compile.py (see this file's docstring)")
     out = {}
     for s in slices:
         out[s.name] = print_slice(config, s, args.optimizers.split(","), fsdps, boxed, args.global_batch, shapes,

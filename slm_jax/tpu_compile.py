@@ -253,8 +253,19 @@ def abstract_batch(model: TaskModel, cfg: CompileConfig, partitioner: Partitione
     return batch
 
 
-_OOM = re.compile(r"[Ee]xceeded hbm capacity by ([0-9.]+)([KMGT]?)")
+_OOM_BY = re.compile(r"[Ee]xceeded hbm capacity by ([0-9.]+)([KMGT]?)")
+_OOM_OF = re.compile(r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM \(([0-9.]+)([KMGT]?)\)")
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def oom_excess(message: str) -> float | None:
+    """Bytes by which a program exceeds HBM, from the TPU compiler's RESOURCE_EXHAUSTED message
+    (its two phrasings), or None."""
+    if m := _OOM_BY.search(message):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    if m := _OOM_OF.search(message):
+        return float(m.group(1)) * _UNITS[m.group(2)] - float(m.group(3)) * _UNITS[m.group(4)]
+    return None
 
 
 def _compile(name: str, jitted, args: tuple, n_weight_args: int, n_devices: int, model_shards: int,
@@ -268,10 +279,8 @@ def _compile(name: str, jitted, args: tuple, n_weight_args: int, n_devices: int,
         msg = str(e)
         if "RESOURCE_EXHAUSTED" not in msg and "memory" not in msg.lower():
             raise
-        m = _OOM.search(msg)
         report = StepReport(name, time.perf_counter() - t0, time.process_time() - c0,
-                            oom=msg.strip().splitlines()[0][:400],
-                            oom_over_bytes=float(m.group(1)) * _UNITS[m.group(2)] if m else None)
+                            oom=msg.strip().splitlines()[0][:400], oom_over_bytes=oom_excess(msg))
         compiled = None
     else:
         report = StepReport(name, time.perf_counter() - t0, time.process_time() - c0, compiled=compiled)

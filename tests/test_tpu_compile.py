@@ -128,6 +128,14 @@ def test_jaxpr_costs_multiply_loop_bodies():
     assert c.flops == 5 * 2 * 8 ** 3
 
 
+def test_out_of_memory_messages_are_read():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+           "(56.33G) exceeds available HBM (15.75G).")
+    assert tpu_compile.oom_excess(msg) == pytest.approx(40.58 * 2 ** 30)
+    assert tpu_compile.oom_excess("Used 20G of 16G hbm. Exceeded hbm capacity by 4.5G.") == 4.5 * 2 ** 30
+    assert tpu_compile.oom_excess("something else") is None
+
+
 def test_slice_names():
     assert chips.topology_name("v5e-256") == "v5e:16x16"
     assert chips.topology_name("v4:4x4x4") == "v4:4x4x4"
