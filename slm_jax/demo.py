@@ -39,7 +39,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import gin
@@ -70,7 +70,13 @@ class DemoConfig:
     eval_examples: score each task's first N utterances (None: all).
     fsdd: also score the real human speech of ../shared/data/fsdd (skipped when absent).
     fsdd_examples: FSDD clips scored (None: every clip; the task's order spreads any first N
-      over every speaker and digit)."""
+      over every speaker and digit).
+    slm_mixture: the adapters' training mixture, spoken_world_<world>_<slm_mixture>: "asr_ast"
+      (the paper's ASR + AST mixture) or "aug_asr_ast" (the same on augmented audio,
+      tasks/augment.py; the module must be imported, as gin/runs/demo_slm.gin does).
+    depth_steps: adapter training steps of some depths ({depth: steps}); the others train the
+      SLM gin file's RunConfig.train_steps, and a RunConfig.train_steps in slm_bindings applies
+      to every depth. The report lists every depth's steps."""
     run_dir: str = "runs/demo"
     world: str = "demo"
     speech_foundation: str = "whisper_base"
@@ -80,6 +86,8 @@ class DemoConfig:
     eval_split: str = "test"
     fsdd: bool = True
     fsdd_examples: int | None = None
+    slm_mixture: str = "asr_ast"
+    depth_steps: Mapping[int, int] | None = None
     llm_bindings: Sequence[str] = ()
     encoder_bindings: Sequence[str] = ()
     slm_bindings: Sequence[str] = ()
@@ -158,11 +166,14 @@ class Demo:
 
     def slm_stage(self, depth: int, *bindings: str, run_dir: str | None = None):
         """Depth `depth`'s SLM run: both foundations frozen, the adapter reading the feature cache."""
+        steps = (self.cfg.depth_steps or {}).get(depth)
         return self.stage(SLM_GINS[self.cfg.speech_foundation], f"RunConfig.run_dir = '{run_dir or os.path.join(self.dir, f'slm_depth{depth}')}'",
                           f"ADAPTER_LAYERS = {depth}", f"RunConfig.llm_checkpoint = '{self.llm_path}'",
                           f"RunConfig.speech_encoder_checkpoint = '{self.encoder_path}'",
-                          f"TrainConfig.train_task = '{self.task('asr_ast')}'",
-                          f"TrainConfig.feature_cache_dir = '{self.cache_dir}'", *self.cfg.slm_bindings, *bindings)
+                          f"TrainConfig.train_task = '{self.task(self.cfg.slm_mixture)}'",
+                          f"TrainConfig.feature_cache_dir = '{self.cache_dir}'",
+                          *([f"RunConfig.train_steps = {int(steps)}"] if steps is not None else []),
+                          *self.cfg.slm_bindings, *bindings)
 
     def eval_config(self, tasks: Sequence[str], split: str | None = None, tag: str = "") -> eval_lib.EvalConfig:
         """The SLM stage's EvalConfig (build it inside `slm_stage`) for `tasks` on the demo's
@@ -203,7 +214,7 @@ class Demo:
         t0 = time.time()
         with self.slm_stage(self.cfg.depths[0]):
             manifest = train_lib.build_feature_cache(train_lib.RunConfig(), train_lib.TrainConfig())
-        log(f"feature cache: {manifest['count']} examples of {self.task('asr_ast')} ({time.time() - t0:.0f} s)")
+        log(f"feature cache: {manifest['count']} examples of {self.task(self.cfg.slm_mixture)} ({time.time() - t0:.0f} s)")
 
     def train_slm(self, depth: int) -> dict:
         def train():
@@ -323,7 +334,8 @@ class Demo:
                    param_counts=self.cached("param_counts", self.param_counts),
                    train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves())
         rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
-                       "speech_foundation": self.cfg.speech_foundation, "fsdd_examples": self.cfg.fsdd_examples,
+                       "speech_foundation": self.cfg.speech_foundation, "slm_mixture": self.task(self.cfg.slm_mixture),
+                       "fsdd_examples": self.cfg.fsdd_examples,
                        "depths": list(self.cfg.depths), "main_depth": self.cfg.main_depth, "nolist_tasks": nolist,
                        "fsdd_tasks": fsdd_tasks, "fsdd_note": "DemoConfig.fsdd = False." if not self.cfg.fsdd
                        else "FSDD not found (../shared/data/fsdd)."}

@@ -170,7 +170,10 @@ def markdown(rep: Mapping[str, Any]) -> str:
              f"= **{100 * c['trainable_fraction']:.2f}%** (speech encoder {c['speech_encoder']:,}, LLM {c['llm']:,}).\n"]
     lines += targets_table(rep) + asr_ast_table(rep) + zero_shot_tables(rep) + frozen_llm_table(rep)
     lines += fsdd_table(rep)
-    lines += ["", "## Adapter training\n", "| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
+    lines += ["", "## Adapter training\n"]
+    if meta.get("slm_mixture"):
+        lines += [f"Training mixture: `{meta['slm_mixture']}`; each depth's steps below.\n"]
+    lines += ["| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
     for k, v in rep["train"].items():
         lines.append(f"| {k} | {v.get('loss', float('nan')):.4f} | {v.get('accuracy', float('nan')):.3f} | {v.get('step')} |")
     return "\n".join(lines) + "\n"
