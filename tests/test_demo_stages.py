@@ -5,8 +5,6 @@ applies to every depth)."""
 
 from __future__ import annotations
 
-import gin
-
 from slm_jax import demo, train_lib
 
 
@@ -16,10 +14,9 @@ def stage_settings(d: demo.Demo, depth: int) -> tuple[int, str]:
 
 
 def test_depth_steps_and_mixture(tmp_path):
-    with gin.unlock_config():
-        gin.parse_config_file("gin/runs/demo_slm.gin")
-        default_steps = gin.query_parameter("RunConfig.train_steps")
-        gin.clear_config()
+    from slm_jax import gin_utils
+    with gin_utils.scoped_config(["gin/runs/demo_slm.gin"]):
+        default_steps = gin_utils.query("RunConfig.train_steps")
     d = demo.Demo(demo.DemoConfig(run_dir=str(tmp_path), depths=(0, 2), slm_mixture="aug_asr_ast",
                                   depth_steps={2: default_steps + 1000}))
     assert stage_settings(d, 2) == (default_steps + 1000, "spoken_world_demo_aug_asr_ast")
