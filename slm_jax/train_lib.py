@@ -236,7 +236,8 @@ def check_vocabulary(s: Setup, cfg: TrainConfig) -> None:
     """The train task's vocabulary must fit the LLM's embedding table: refused before step 1,
     naming both sizes (larger ids would index past the table and train to NaN)."""
     llm = getattr(s.model, "llm_config", None)
-    if llm is None:
+    registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    if llm is None or cfg.train_task not in registered:     # not a SeqIO task: the input_fn's own data
         return
     vocab = seqio.get_mixture_or_task(cfg.train_task).output_features["targets"].vocabulary
     if vocab.vocab_size > llm.vocab_size:
