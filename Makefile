@@ -1,5 +1,5 @@
 # Set-up and entry points. `make demo` (main job) and `make test` (test suite) each install what
-# they need on a fresh machine: Debian packages (espeak-ng), a virtualenv in .venv, the package.
+# they need on a fresh machine: Debian packages (espeak-ng, flite), a virtualenv in .venv, the package.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ ARGS ?=
 .PHONY: setup apt test demo clean
 
 apt:
-	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng flite >/dev/null; }
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)

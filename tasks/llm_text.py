@@ -105,12 +105,30 @@ def pack_rows(examples: Sequence[tuple[Sequence[int], Sequence[int]]], n_rows: i
             "decoder_segment_ids": dec_seg}, used
 
 
+def _rated_picker(examples: Sequence[tuple], rates: Mapping[str, float] | None):
+    """rng -> one example of `examples`: uniformly, or from a family drawn with `rates`."""
+    if rates is None:
+        return lambda rng: rng.choice(examples)
+    families: dict[str, list] = {}
+    for e in examples:
+        families.setdefault(e[0].split("_")[0], []).append(e)
+    unknown = sorted(set(rates) - set(families))
+    if unknown:
+        raise ValueError(f"text_batches.task_rates: no instruction family {unknown}; the families are {sorted(families)}")
+    if any(w < 0 for w in rates.values()) or not any(w > 0 for w in rates.values()):
+        raise ValueError(f"text_batches.task_rates: weights must be >= 0 with one > 0, got {dict(rates)}")
+    names = sorted(rates)
+    weights = [float(rates[n]) for n in names]
+    return lambda rng: rng.choice(families[rng.choices(names, weights)[0]])
+
+
 @gin.configurable
 def text_batches(task: str = "world_text", split: str = "train", *, feature_lengths: Mapping[str, int],
                  batch_size: int = 32, seed: int = 0, shuffle: bool = True, start_batch: int = 0,
                  shard_index: int = 0, num_shards: int = 1, n_items: int = 4000, span_fraction: float = 0.3,
                  model_vocab_size: int = 1024, first_tasks: Sequence[str] = (), first_batches: int = 0,
-                 target_buckets: Sequence[int] = (), pack: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                 target_buckets: Sequence[int] = (), pack: bool = False,
+                 task_rates: Mapping[str, float] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches for T5TaskModel: a `span_fraction` share of span-corruption examples,
     the rest instruction examples. feature_lengths: {"inputs": L, "targets": L}. The first nine
     parameters are the input_fn contract of slm_jax's `train`; `task` and `shuffle` select
@@ -123,6 +141,12 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
     `pack=True`: each row holds as many examples as fit (`pack_rows`), as t5x packs for
     pretraining: with this world's short texts a row of 48 input / 24 target tokens holds ~2-3
     examples, so a step trains on that many times more examples for about the same compute.
+
+    `task_rates` ({family: weight}, a family being a task name's part before "_": "ast", "asr",
+    "biasing", "qa", "digits", "compare", "add"): an instruction example is drawn from a family
+    chosen with these weights, then uniformly within it, as T5 mixtures set rates per task;
+    families left out are not drawn. None: uniformly over all examples (so in proportion to each
+    family's examples, which gives translation, 12 language pairs, half of them).
 
     Curriculum: the first `first_batches` batches hold only instruction examples of the tasks
     whose names start with one of `first_tasks` (e.g. ("asr_",): repeating the text). A small
@@ -137,6 +161,7 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
     first = [e for e in examples if e[0].startswith(tuple(first_tasks))] if first_tasks else examples
     if first_batches and not first:
         raise ValueError(f"text_batches: no instruction task starts with any of first_tasks={list(first_tasks)}")
+    pick = _rated_picker(examples, task_rates)
     texts = [r["text"] for r in _records(split, n_items)]
     eos = 1
     local = batch_size // num_shards
@@ -150,7 +175,7 @@ def text_batches(task: str = "world_text", split: str = "train", *, feature_leng
                 if not warm and rng.random() < span_fraction:
                     i, t = span_corruption(vocab.encode(rng.choice(texts)), rng, model_vocab_size)
                 else:
-                    _, text, instruction, target = rng.choice(first if warm else examples)
+                    _, text, instruction, target = rng.choice(first) if warm else pick(rng)
                     i, t = vocab.encode(text) + vocab.encode(instruction), vocab.encode(target)
                 yield i, t + [eos]
 

@@ -1,26 +1,32 @@
-"""spoken_world: world_text items spoken by espeak-ng in English, French, German and Spanish.
+"""spoken_world: world_text items spoken by espeak-ng (and flite) in English, French, German and Spanish.
 
 Every item of `world_text.generate_items` is synthesized once in each of the four languages,
 so a split holds 4 x items utterances whose transcripts are translations of each other
 (`item_id` links them). Each utterance gets a voice variant, a speed (words per minute) and a
 pitch drawn deterministically from its split's pool. Voice variants are held out:
 
-    train       m1 m2 m3 m4 m5 f1 f2 f3
+    train       m1 m2 m3 m4 m5 f1 f2 f3 (espeak-ng)   English also: slt rms awb kal16 (flite)
     validation  m6 f4
     test        m7 f5
 
 so validation and test measure generalisation to unseen voices (the texts of each split are
-drawn with their own seed, too). Speed 130-185 wpm and pitch 30-70 in every split.
+drawn with their own seed, too). Speed 130-185 wpm and pitch 30-70 in every split. A share
+of the English training utterances (`SpokenWorldConfig.flite_share`) is spoken by flite's
+voices instead, which are built from recordings of four human speakers (CMU ARCTIC slt, rms,
+awb; kal): formant synthesis alone gives an adapter that fits espeak-ng's voices and fails
+on real speech. flite sets a speed on every voice and a pitch on slt and kal16 only (the
+record's pitch is 0 where the voice keeps its own). The validation and test splits stay
+espeak-ng only, so their numbers compare across versions.
 
-Audio is espeak-ng's 22.05 kHz output resampled to 16 kHz (polyphase, slm_jax.features.
-resample) and stored as int16 (tfds Audio, raw bytes): espeak-ng produces 16-bit PCM, so
+Audio is espeak-ng's 22.05 kHz output (flite's is 16 kHz) resampled to 16 kHz (polyphase,
+slm_jax.features.resample) and stored as int16 (tfds Audio, raw bytes): both produce 16-bit PCM, so
 int16 keeps all the information at half the size of float32 (the resampler's extra
 precision is below the 16-bit noise floor of the source); the task pipeline divides by 32768.
 
 Configs: "tiny" (16/6/8 items = 64/24/32 utterances, builds in seconds: tests) and "demo"
 (1500/50/100 items = 6000/200/400 utterances, a few minutes on 2 cores). Any size:
 `SpokenWorldConfig(name="mine", train_items=..., ...)` and `tasks.register_spoken_world(config)`.
-Synthesis runs cores + 1 espeak-ng processes at a time ($SLM_SYNTH_WORKERS): tiny builds in
+Synthesis runs cores + 1 synthesizer processes at a time ($SLM_SYNTH_WORKERS): tiny builds in
 ~2 s, demo in ~45 s (440 MB) on 2 cores. The build records a fingerprint of each split's
 plan; loading a build whose fingerprint differs from the current code's is an error (delete
 the folder to rebuild). Builds are deterministic (same config -> identical examples). Data dir: $SLM_DATA_DIR/tfds
@@ -62,6 +68,11 @@ VOICE_POOLS = {
     "validation": ("m6", "f4"),
     "test": ("m7", "f5"),
 }
+# flite voices of English training utterances (flite -voice NAME); the record's voice is
+# "flite-NAME". F0_MEANS: the voices whose mean pitch flite can set, with their own mean (Hz).
+FLITE_POOLS = {"train": ("slt", "rms", "awb", "kal16"), "validation": (), "test": ()}
+FLITE_F0_MEANS = {"slt": 165, "kal16": 105}
+FLITE_PREFIX = "flite-"
 SPEED_RANGE = (130, 185)  # espeak-ng -s, words per minute
 PITCH_RANGE = (30, 70)  # espeak-ng -p, 0-99
 _SPLIT_INDEX = {s: i + 1 for i, s in enumerate(SPLITS)}
@@ -69,12 +80,14 @@ _SPLIT_INDEX = {s: i + 1 for i, s in enumerate(SPLITS)}
 
 @dataclasses.dataclass(eq=False)
 class SpokenWorldConfig(tfds.core.BuilderConfig):
-    """Number of world_text items per split (each is spoken in all 4 languages) and the seed."""
+    """Number of world_text items per split (each is spoken in all 4 languages), the seed, and
+    the share of English utterances a split with flite voices (FLITE_POOLS) gives to them."""
 
     train_items: int = 16
     validation_items: int = 6
     test_items: int = 8
     seed: int = 0
+    flite_share: float = 0.5
 
     def num_items(self, split: str) -> int:
         return {"train": self.train_items, "validation": self.validation_items, "test": self.test_items}[split]
@@ -92,20 +105,33 @@ CONFIGS = {
 
 
 @functools.lru_cache(maxsize=32)
-def _plan(seed: int, split: str, n: int) -> tuple:
+def _plan(seed: int, split: str, n: int, flite_share: float) -> tuple:
     items = world_text.generate_items(n, seed * 7919 + _SPLIT_INDEX[split])
     records = world_text.text_records(items, split)
     rng = random.Random(f"spoken_world-voices-{seed}-{split}")
+    # its own stream, so the espeak-ng draws (and the splits without flite) stay as they were
+    flite_rng = random.Random(f"spoken_world-flite-{seed}-{split}")
     for r in records:
         r["voice"] = rng.choice(VOICE_POOLS[split])
         r["speed"] = rng.randint(*SPEED_RANGE)
         r["pitch"] = rng.randint(*PITCH_RANGE)
+        if r["language"] == "en" and FLITE_POOLS[split] and flite_rng.random() < flite_share:
+            name = flite_rng.choice(FLITE_POOLS[split])
+            r["voice"] = FLITE_PREFIX + name
+            if name not in FLITE_F0_MEANS:
+                r["pitch"] = 0
     return tuple(records)
+
+
+def _config_plan(config: SpokenWorldConfig, split: str) -> tuple:
+    if not 0.0 <= config.flite_share <= 1.0:
+        raise ValueError(f"SpokenWorldConfig {config.name!r}: flite_share must be in [0, 1], got {config.flite_share}")
+    return _plan(config.seed, split, config.num_items(split), config.flite_share)
 
 
 def plan_fingerprint(config: SpokenWorldConfig, split: str) -> str:
     """Hash of a split's plan, stored with the build to detect builds from older code."""
-    text = json.dumps(_plan(config.seed, split, config.num_items(split)), sort_keys=True, ensure_ascii=False)
+    text = json.dumps(_config_plan(config, split), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -114,16 +140,16 @@ def plan(config: SpokenWorldConfig, split: str) -> list[dict]:
     if split not in SPLITS:
         raise ValueError(f"spoken_world: unknown split {split!r}; it has {list(SPLITS)}")
     return [dict(r, translations=dict(r["translations"]), slots=dict(r["slots"]))
-            for r in _plan(config.seed, split, config.num_items(split))]
+            for r in _config_plan(config, split)]
 
 
 # ----------------------------------------------------------------------------- synthesis
 
 
 def _parse_wav(data: bytes, what: str) -> tuple[int, np.ndarray]:
-    """(sample_rate, int16 samples) of espeak-ng's streamed WAV (whose size fields are bogus)."""
+    """(sample_rate, int16 samples) of a streamed WAV (espeak-ng's size fields are bogus)."""
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise RuntimeError(f"espeak-ng returned no WAV for {what}: {data[:64]!r}")
+        raise RuntimeError(f"no WAV came back for {what}: {data[:64]!r}")
     pos, sr, bits = 12, None, None
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
@@ -131,30 +157,46 @@ def _parse_wav(data: bytes, what: str) -> tuple[int, np.ndarray]:
             channels, sr = struct.unpack("<HI", data[pos + 10:pos + 16])[0:2]
             bits = struct.unpack("<H", data[pos + 22:pos + 24])[0]
             if channels != 1 or bits != 16:
-                raise RuntimeError(f"espeak-ng WAV for {what}: expected mono 16-bit, got {channels} ch {bits} bit")
+                raise RuntimeError(f"WAV for {what}: expected mono 16-bit, got {channels} ch {bits} bit")
         elif cid == b"data":
             if sr is None:
-                raise RuntimeError(f"espeak-ng WAV for {what}: data chunk before fmt chunk")
+                raise RuntimeError(f"WAV for {what}: data chunk before fmt chunk")
             body = data[pos + 8:]
             return sr, np.frombuffer(body[:len(body) // 2 * 2], dtype="<i2")
         pos += 8 + size
-    raise RuntimeError(f"espeak-ng WAV for {what}: no data chunk")
+    raise RuntimeError(f"WAV for {what}: no data chunk")
+
+
+def _command(text: str, language: str, voice: str, speed: int, pitch: int) -> tuple[str, list[str], bytes]:
+    """(engine, argv, stdin) that speaks `text` with `voice`: an espeak-ng variant or "flite-NAME"."""
+    if voice.startswith(FLITE_PREFIX):
+        name = voice[len(FLITE_PREFIX):]
+        if language != "en":
+            raise ValueError(f"flite voice {voice!r} speaks English only, not {language!r}")
+        if bool(pitch) != (name in FLITE_F0_MEANS):
+            raise ValueError(f"flite voice {voice!r}: pitch {pitch} given, but flite sets the pitch of "
+                             f"{sorted(FLITE_F0_MEANS)} only (0 for the others)")
+        args = ["-voice", name, "--setf", f"duration_stretch={165 / speed:.4f}"]
+        if pitch:   # pitch 30-70 -> 0.85-1.15 x the voice's own mean
+            args += ["--setf", f"int_f0_target_mean={FLITE_F0_MEANS[name] * (0.85 + 0.3 * (pitch - 30) / 40):.1f}"]
+        return "flite", args + ["-t", text, "-o", "/dev/stdout"], b""
+    return "espeak-ng", ["--stdout", "-b", "1", "-v", f"{ESPEAK_VOICES[language]}+{voice}", "-s", str(speed),
+                         "-p", str(pitch), "--stdin"], text.encode("utf-8")
 
 
 def synthesize(text: str, language: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    """espeak-ng speech of `text`: int16 samples at 16 kHz."""
-    exe = shutil.which("espeak-ng")
+    """Speech of `text` by espeak-ng or flite (`voice` "flite-NAME"): int16 samples at 16 kHz."""
+    engine, args, stdin = _command(text, language, voice, speed, pitch)
+    exe = shutil.which(engine)
     if exe is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng); spoken_world needs it to build")
-    what = f"{text!r} ({language}+{voice}, speed {speed}, pitch {pitch})"
-    cmd = [exe, "--stdout", "-b", "1", "-v", f"{ESPEAK_VOICES[language]}+{voice}", "-s", str(speed),
-           "-p", str(pitch), "--stdin"]
-    proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True)
+        raise RuntimeError(f"{engine} is not installed (apt-get install {engine}); spoken_world needs it to build")
+    what = f"{text!r} ({engine} {language}+{voice}, speed {speed}, pitch {pitch})"
+    proc = subprocess.run([exe] + args, input=stdin, capture_output=True)
     if proc.returncode:
-        raise RuntimeError(f"espeak-ng failed for {what}: {proc.stderr.decode(errors='replace')}")
+        raise RuntimeError(f"{engine} failed for {what}: {proc.stderr.decode(errors='replace')}")
     sr, pcm = _parse_wav(proc.stdout, what)
     if pcm.size == 0:
-        raise RuntimeError(f"espeak-ng produced no audio for {what}")
+        raise RuntimeError(f"{engine} produced no audio for {what}")
     audio = features_lib.resample(pcm.astype(np.float32) / 32768.0, sr, common.SAMPLE_RATE, source=what)
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
@@ -181,10 +223,11 @@ class PCM16Audio(tfds.features.Audio):
 
 
 class SpokenWorld(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
-    """world_text items spoken by espeak-ng in en/fr/de/es, voices held out per split."""
+    """world_text items spoken by espeak-ng (and flite, English) in en/fr/de/es, voices held out per split."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First version.",
+                     "1.1.0": "A share of the English training utterances spoken by flite's voices."}
     BUILDER_CONFIGS = list(CONFIGS.values())
 
     @tfds.core.utils.classproperty
@@ -219,7 +262,7 @@ class SpokenWorld(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ ==
 
     def _generate_examples(self, split):
         records = plan(self.builder_config, split)
-        # Each synthesis is an espeak-ng *process*; threads only wait on them and run the
+        # Each synthesis is a synthesizer *process*; threads only wait on them and run the
         # (GIL-releasing) resampler, so N threads keep N processes busy without forking a
         # process that has TensorFlow loaded.
         with concurrent.futures.ThreadPoolExecutor(_build_workers()) as pool:

@@ -58,6 +58,25 @@ def test_curriculum_batches_hold_only_the_first_tasks():
         _take(1, first_tasks=("no_such_task",), first_batches=1)
 
 
+def test_task_rates_draw_families_with_their_weights():
+    """task_rates: each instruction example comes from a family drawn with its weight (a family
+    left out never appears); bad keys and weights are refused by name."""
+    v = vocab_lib.get_vocabulary()
+    family = {(v.decode(v.encode(t) + v.encode(i)), g): name.split("_")[0]
+              for name, t, i, g in llm_text.instruction_examples("train", KW["n_items"])}
+    rates = {"digits": 3.0, "qa": 1.0}
+    seen = []
+    for b in _take(40, span_fraction=0.0, task_rates=rates):
+        for enc, tgt in zip(b["encoder_input_tokens"], b["decoder_target_tokens"]):
+            seen.append(family[(v.decode([int(x) for x in enc if x > 0]), v.decode([int(x) for x in tgt if x > 1]))])
+    share = seen.count("digits") / len(seen)
+    assert set(seen) == {"digits", "qa"} and 0.68 < share < 0.82, share   # 0.75 expected; 320 draws
+    with pytest.raises(ValueError, match="no instruction family.*'digit'"):
+        _take(1, task_rates={"digit": 1.0})
+    with pytest.raises(ValueError, match="weights must be"):
+        _take(1, task_rates={"qa": 0.0})
+
+
 def test_target_buckets_trim_only_padding():
     full, bucketed = _take(6), _take(6, target_buckets=(8, 16))
     for a, b in zip(full, bucketed):

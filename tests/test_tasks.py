@@ -3,6 +3,7 @@ and mixture through SLMFeatureConverter, honest example counts and mixture rates
 with bad rows, held-out voices, determinism, FSDD (skipped when absent)."""
 
 import collections
+import dataclasses
 import itertools
 import json
 import math
@@ -108,13 +109,46 @@ def test_tiny_build_determinism_and_heldout_voices(data_dir, tmp_path):
         for uid, ex in first.items():
             np.testing.assert_array_equal(ex["audio"], second[uid]["audio"])
             assert {k: v for k, v in ex.items() if k != "audio"} == plan[uid]  # stored records == plan
-            assert ex["voice"] in pool
+            flite = ex["voice"].removeprefix(spoken_world.FLITE_PREFIX)
+            assert ex["voice"] in pool or (ex["language"] == "en" and flite in spoken_world.FLITE_POOLS[split]), ex
             seconds = ex["audio"].size / 16000
             assert 0.3 < seconds < 8 and np.abs(ex["audio"]).max() > 1000, (uid, seconds)
         assert 10 <= len(first) <= 100  # "a few dozen"
     voices = {s: {ex["voice"] for ex in _stored(paths.tfds_dir(), s).values()} for s in spoken_world.SPLITS}
     assert not voices["train"] & voices["test"] and not voices["train"] & voices["validation"]
     assert not voices["validation"] & voices["test"]
+
+
+def test_flite_voices_speak_a_share_of_english_training_only():
+    """flite's voices take about flite_share of the English training utterances and nothing
+    else; a voice whose pitch flite cannot set records pitch 0; the espeak-ng draws of the
+    other records are those of a plan without flite."""
+    cfg = dataclasses.replace(spoken_world.CONFIGS["demo"], name="flite_check")
+    without = dataclasses.replace(cfg, flite_share=0.0)
+    for split in spoken_world.SPLITS:
+        recs, plain = spoken_world.plan(cfg, split), spoken_world.plan(without, split)
+        flite = [r for r in recs if r["voice"].startswith(spoken_world.FLITE_PREFIX)]
+        english = [r for r in recs if r["language"] == "en"]
+        if split != "train":
+            assert not flite and recs == plain
+            continue
+        assert {r["language"] for r in flite} == {"en"}
+        assert abs(len(flite) / len(english) - cfg.flite_share) < 0.05, len(flite) / len(english)
+        assert {r["voice"] for r in flite} == {spoken_world.FLITE_PREFIX + v for v in spoken_world.FLITE_POOLS[split]}
+        for r in flite:
+            settable = r["voice"].removeprefix(spoken_world.FLITE_PREFIX) in spoken_world.FLITE_F0_MEANS
+            assert (r["pitch"] != 0) == settable, r
+        same = [(a, b) for a, b in zip(recs, plain) if not a["voice"].startswith(spoken_world.FLITE_PREFIX)]
+        assert len(same) == len(recs) - len(flite) and all(a == b for a, b in same)
+    with pytest.raises(ValueError, match="flite_share"):
+        spoken_world.plan(dataclasses.replace(cfg, flite_share=1.5), "train")
+
+
+def test_flite_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="English only"):
+        spoken_world.synthesize("sept", "fr", "flite-slt", 150, 40)
+    with pytest.raises(ValueError, match="flite-rms.*pitch 40"):
+        spoken_world.synthesize("seven", "en", "flite-rms", 150, 40)
 
 
 def test_counts_match_pipeline(data_dir):

@@ -2,6 +2,7 @@
 WhisperModel and WhisperForConditionalGeneration layouts), padding invariance on inputs shorter
 than the 30 s window, logical axes, length and import errors."""
 
+import dataclasses
 import json
 
 import jax
@@ -171,6 +172,37 @@ def test_without_mask_padding_is_attended(loaded):
     masked = np.asarray(_apply(cfg, params, x, mask)[0])[0, :12]
     unmasked = np.asarray(_apply(cfg, params, x)[0])[0, :12]
     assert np.abs(masked - unmasked).max() > 1e-2
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_silence_frames_equal_the_utterance_followed_by_silence(loaded, stride):
+    """silence_frames=S: each row's output == the same utterance alone, followed by S frames at
+    its log-mel floor (max - 2) and encoded without a mask, cut back to the utterance's frames;
+    shapes and masks are those of S=0, rows are independent of their neighbours, and S is cut
+    where the window ends."""
+    cfg, params = loaded
+    lengths, S = (37, 24, 9), 6
+    x, mask = _padded_batch(lengths, 40, seed=7, pad_value=2.5)
+    quiet = dataclasses.replace(cfg, silence_frames=S)
+    run = jax.jit(lambda p, x, m, c=quiet: WhisperEncoder(c).apply({"params": p}, x, m, output_stride=stride))
+    out, out_mask = map(np.asarray, run(params, x, mask))
+    plain, plain_mask = map(np.asarray, jax.jit(lambda p, x, m: WhisperEncoder(cfg).apply(
+        {"params": p}, x, m, output_stride=stride))(params, x, mask))
+    assert out.shape == plain.shape and np.array_equal(out_mask, plain_mask)
+    assert np.all(out[~out_mask] == 0.0)
+    for i, n in enumerate(lengths):
+        row = np.concatenate([x[i, :n], np.full((S, MEL), x[i, :n].max() - 2.0, np.float32)])
+        alone = np.asarray(_apply(cfg, params, row[None])[0])[0, ::stride]
+        k = out_mask[i].sum()
+        d = np.abs(alone[:k] - out[i, :k]).max()
+        assert d <= INVARIANCE_TOL, (n, d)
+        assert np.abs(out[i, :k] - plain[i, :k]).max() > 1e-2   # the silence changed the states
+    # the last frames of a full window get no silence: the same as S=0
+    full, full_mask = _padded_batch((2 * MAX_POS,), 2 * MAX_POS, seed=8)
+    np.testing.assert_allclose(np.asarray(run(params, full, full_mask)[0]),
+                               np.asarray(_apply(cfg, params, full, full_mask)[0])[:, ::stride], atol=INVARIANCE_TOL)
+    with pytest.raises(ValueError, match="silence_frames"):
+        dataclasses.replace(cfg, silence_frames=-1)
 
 
 # ----------------------------------------------------------------------------- structure and errors

@@ -22,6 +22,14 @@ and excluded from attention as keys, so a valid output frame equals what the sam
 padding gives (with mask=None): outputs never depend on batch padding or neighbours. The output
 mask is the stride-2 conv's: frame i is valid iff its centre input frame 2i is (ceil(L / 2)
 frames). Padded output frames are zero.
+
+Trailing silence (`silence_frames` S > 0, with a mask). Whisper only ever saw speech followed
+by silence up to 30 s; on a short utterance without any, its states carry more of the voice
+and less of the words. With S > 0 each utterance's valid frames are followed by S frames of
+log-mel silence (the utterance's floor, its features' max - 2, as whisper_log_mel writes
+silent audio) that attention sees; the outputs keep the input's shape and mask, so the
+silence costs encoder compute only and nothing downstream changes. S is cut where the 30 s
+window ends.
 """
 
 from __future__ import annotations
@@ -50,9 +58,12 @@ class WhisperEncoderConfig:
     dtype: Any = jnp.float32              # compute dtype; params stay float32
     scan_layers: bool = False             # layers under nn.scan, params stacked under "layers"
     remat_policy: str = "none"            # layers.REMAT_POLICIES
+    silence_frames: int = 0               # log-mel frames of silence attended after each utterance (docstring)
 
     def __post_init__(self):
         layers.check_remat_policy(self.remat_policy, "WhisperEncoderConfig")
+        if self.silence_frames < 0:
+            raise ValueError(f"WhisperEncoderConfig.silence_frames must be >= 0, got {self.silence_frames}")
         if self.d_model % self.encoder_attention_heads:
             raise ValueError(f"WhisperEncoderConfig.d_model {self.d_model} is not divisible by "
                              f"encoder_attention_heads {self.encoder_attention_heads}")
@@ -98,6 +109,21 @@ def _zero_padding(x: Array, mask: Array | None) -> Array:
         return x
     m = mask.astype(bool).reshape(mask.shape + (1,) * (x.ndim - 2))
     return jnp.where(m, x, jnp.zeros((), x.dtype))
+
+
+def with_silence(features: Array, mask: Array, frames: int) -> tuple[Array, Array]:
+    """features [B, T, mel] with a prefix mask [B, T] -> [B, T + frames] features and mask in
+    which each row's valid frames are followed by `frames` frames at its log-mel floor (max - 2;
+    rows without a valid frame stay empty)."""
+    lengths = mask.sum(1)
+    pos = jnp.arange(features.shape[1] + frames)[None]
+    x = jnp.pad(features, ((0, 0), (0, frames), (0, 0)))
+    floor = jnp.max(jnp.where(mask[..., None], features, -jnp.inf), axis=(1, 2)) - 2.0
+    valid = pos < lengths[:, None]
+    silence = ~valid & (pos < lengths[:, None] + frames) & (lengths[:, None] > 0)
+    floor = jnp.where(lengths > 0, floor, 0.0)[:, None, None].astype(x.dtype)
+    x = jnp.where(silence[..., None], floor, jnp.where(valid[..., None], x, 0))
+    return x, valid | silence
 
 
 def _dense_general(features, axes, *, axis=-1, use_bias=True, dtype=jnp.float32, name=None) -> nn.DenseGeneral:
@@ -188,11 +214,17 @@ class WhisperEncoder(nn.Module):
                 raise ValueError(f"WhisperEncoder: mask shape {mask.shape} does not match features {(b, t)}")
             mask = mask.astype(bool)
 
+        # Output frame i is centred on input frame 2i: valid iff that frame is (ceil(L / 2)).
+        out_mask = mask[:, ::2] if mask is not None else jnp.ones((b, t_out), bool)
+        keep = -(-t_out // output_stride)     # output frames returned
+        silence = min(cfg.silence_frames, cfg.max_input_frames - t) if mask is not None else 0
+        if silence > 0:
+            features, mask = with_silence(features, mask, silence)
+            t_out = cfg.output_length(t + silence)
         x = _zero_padding(features.astype(cfg.dtype), mask)
         x = _zero_padding(_gelu(_conv(cfg.d_model, "mel", 1, cfg.dtype, "conv1")(x)), mask)
         x = _gelu(_conv(cfg.d_model, "conv_in", 2, cfg.dtype, "conv2")(x))
-        # Output frame i is centred on input frame 2i: valid iff that frame is (ceil(L / 2)).
-        out_mask = mask[:, ::2] if mask is not None else jnp.ones((b, t_out), bool)
+        attended = mask[:, ::2] if mask is not None else out_mask
 
         positions = self.param(
             "embed_positions",
@@ -204,7 +236,7 @@ class WhisperEncoder(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         # Padded frames are excluded as keys; padded query rows are computed and later zeroed.
-        attn_mask = out_mask[:, None, None, :] if mask is not None else None
+        attn_mask = attended[:, None, None, :] if mask is not None else None
         if cfg.scan_layers and cfg.encoder_layers:
             # every layer the same (under nn.scan), so the last one computes every frame too
             scan, layer = layers.layer_stack(WhisperEncoderLayer, cfg.encoder_layers, in_axes=(nn.broadcast,),
@@ -218,7 +250,7 @@ class WhisperEncoder(nn.Module):
             stride = output_stride if i == cfg.encoder_layers - 1 else 1
             x = layer(cfg, stride, name=f"layers_{i}")(x, attn_mask, deterministic)
         out_mask = out_mask[:, ::output_stride]
-        x = layers.LayerNorm(1e-5, dtype=cfg.dtype, name="layer_norm")(x)
+        x = layers.LayerNorm(1e-5, dtype=cfg.dtype, name="layer_norm")(x[:, :keep])
         return (x if mask is None else _zero_padding(x, out_mask)), out_mask
 
 
