@@ -1,0 +1,111 @@
+"""How much of a spoken digit's identity Whisper base's encoder states carry across voices,
+with and without trailing silence (WhisperEncoderConfig.silence_frames).
+
+A linear probe (ridge regression on one-hot digits, features standardized) is fit on the mean
+encoder state of the digit words "zero".."nine" synthesized with the demo world's training
+voices (espeak-ng variants, optionally flite's), and scored on real human recordings (FSDD,
+../shared/data/fsdd). No adapter, no LLM: what the frozen states make linearly available to
+anything trained on synthetic voices. Rows: the encoder on the unpadded clip, with S frames of
+log-mel silence attended after it (the demo's setting is 100 = 1 s), and on the clip padded to
+a fixed 10 s window (closer to Whisper's own 30 s; WhisperASR decodes at 10 s).
+
+    python benchmarks/whisper_silence.py [--clips 200] [--takes 2] [--lam 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+
+import jax
+import numpy as np
+import soundfile
+
+from slm_jax.checkpoints.ct2_whisper import load_whisper
+from slm_jax.checkpoints.whisper_base import whisper_base_dir
+from slm_jax.features import SAMPLE_RATE, resample, whisper_log_mel
+from slm_jax.models.whisper import WhisperEncoder
+from tasks import fsdd, spoken_world, world_text
+
+FRAME_BUCKET = 100    # log-mel frames: one compiled encoder per bucket
+
+
+def pooled_states(cfg, params, audios, window_s: float | None) -> np.ndarray:
+    """Mean encoder state over each clip's own output frames ([N, d_model]): the clip's log-mel
+    padded to `window_s` seconds of silent audio first (None: unpadded, the mask marks the clip)."""
+    enc = jax.jit(lambda x, m: WhisperEncoder(cfg).apply({"params": params}, x, m)[0])
+    out = []
+    for a in audios:
+        own = whisper_log_mel(a, SAMPLE_RATE, cfg.num_mel_bins)
+        feats = own if window_s is None else whisper_log_mel(
+            np.pad(a, (0, max(0, int(window_s * SAMPLE_RATE) - len(a)))), SAMPLE_RATE, cfg.num_mel_bins)
+        t = -(-len(feats) // FRAME_BUCKET) * FRAME_BUCKET
+        x = np.zeros((1, t, cfg.num_mel_bins), np.float32)
+        x[0, :len(feats)] = feats
+        mask = (np.arange(t) < len(feats))[None]
+        states = np.asarray(enc(x, mask))[0]
+        out.append(states[:cfg.output_length(len(own))].mean(0))
+    return np.stack(out)
+
+
+def ridge_probe(x: np.ndarray, y: np.ndarray, lam: float):
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z, onehot = (x - mu) / sd, np.eye(10)[y]
+    w = np.linalg.solve(z.T @ z + lam * len(z) * np.eye(z.shape[1]), z.T @ onehot)
+    return lambda q: (((q - mu) / sd) @ w).argmax(1)
+
+
+def synthetic_digits(voices, takes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    rng, audios, labels = random.Random(seed), [], []
+    for digit in range(10):
+        for voice in voices:
+            for _ in range(takes):
+                speed, pitch = rng.randint(*spoken_world.SPEED_RANGE), rng.randint(*spoken_world.PITCH_RANGE)
+                name = voice.removeprefix(spoken_world.FLITE_PREFIX)
+                if voice.startswith(spoken_world.FLITE_PREFIX) and name not in spoken_world.FLITE_F0_MEANS:
+                    pitch = 0
+                pcm = spoken_world.synthesize(world_text.cardinal(digit, "en"), "en", voice, speed, pitch)
+                audios.append(pcm.astype(np.float32) / 32768.0)
+                labels.append(digit)
+    return audios, np.asarray(labels)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clips", type=int, default=200, help="FSDD clips scored (spread over speakers and digits)")
+    p.add_argument("--takes", type=int, default=2, help="synthetic takes per digit and voice")
+    p.add_argument("--lam", type=float, default=1.0, help="ridge strength (per example)")
+    args = p.parse_args()
+    directory = fsdd.fsdd_dir()
+    if directory is None:
+        raise SystemExit("FSDD not found: set SLM_FSDD_DIR or place it at ../shared/data/fsdd")
+    base, _, params = load_whisper(whisper_base_dir())
+    records = fsdd.FSDDCorpus(directory).records("test")[:args.clips]
+    test = []
+    for r in records:
+        audio, sr = soundfile.read(r["path"], dtype="float32")
+        test.append(resample(audio, sr, SAMPLE_RATE, source=r["path"]))
+    y_test = np.asarray([r["value"] for r in records])
+    espeak = list(spoken_world.VOICE_POOLS["train"])
+    flite = [spoken_world.FLITE_PREFIX + v for v in spoken_world.FLITE_POOLS["train"]]
+    train_sets = {"espeak-ng": synthetic_digits(espeak, args.takes),
+                  "espeak-ng + flite": synthetic_digits(espeak + flite, args.takes)}
+    rows = [("unpadded", 0, None), ("+0.5 s silence", 50, None), ("+1 s silence (demo)", 100, None),
+            ("+2 s silence", 200, None), ("padded to 10 s", 0, 10.0)]
+    print(f"# FSDD digit accuracy of a linear probe on Whisper base's mean encoder state "
+          f"({len(records)} clips; train: digits by the world's training voices, {args.takes} takes each)\n")
+    print("| encoder input | " + " | ".join(f"train: {k}" for k in train_sets) + " |")
+    print("|---|" + "---|" * len(train_sets))
+    for label, silence, window in rows:
+        cfg = dataclasses.replace(base, silence_frames=silence)
+        x_test = pooled_states(cfg, params["encoder"], test, window)
+        accs = []
+        for audios, labels in train_sets.values():
+            predict = ridge_probe(pooled_states(cfg, params["encoder"], audios, window), labels, args.lam)
+            accs.append(float(np.mean(predict(x_test) == y_test)))
+        print(f"| {label} | " + " | ".join(f"{a:.1%}" for a in accs) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
