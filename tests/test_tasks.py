@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tasks
 from slm_jax import features as features_lib
-from slm_jax.data import bucket_bound, SLMFeatureConverter, get_batches
+from slm_jax.data import bucket_bound, get_batches
 from tasks import common, fsdd, local_manifest, paths, spoken_world, vocab, world_text
 
 LENGTHS = {"speech": 800, "instruction": 48, "targets": 48}
