@@ -27,7 +27,7 @@ Configs: "tiny" (16/6/8 items = 64/24/32 utterances, builds in seconds: tests) a
 (1500/50/100 items = 6000/200/400 utterances, a few minutes on 2 cores). Any size:
 `SpokenWorldConfig(name="mine", train_items=..., ...)` and `tasks.register_spoken_world(config)`.
 Synthesis runs cores + 1 synthesizer processes at a time ($SLM_SYNTH_WORKERS): tiny builds in
-~2 s, demo in ~45 s (440 MB) on 2 cores. The build records a fingerprint of each split's
+~2 s, demo in ~52 s on 2 idle cores. The build records a fingerprint of each split's
 plan; loading a build whose fingerprint differs from the current code's is an error (delete
 the folder to rebuild). Builds are deterministic (same config -> identical examples). Data dir: $SLM_DATA_DIR/tfds
 (default <repo>/data_cache/tfds). Build ahead of time with
