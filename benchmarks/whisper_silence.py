@@ -62,8 +62,7 @@ def synthetic_digits(voices, takes: int, seed: int = 0) -> tuple[list[np.ndarray
         for voice in voices:
             for _ in range(takes):
                 speed, pitch = rng.randint(*spoken_world.SPEED_RANGE), rng.randint(*spoken_world.PITCH_RANGE)
-                name = voice.removeprefix(spoken_world.FLITE_PREFIX)
-                if voice.startswith(spoken_world.FLITE_PREFIX) and name not in spoken_world.FLITE_F0_MEANS:
+                if voice.startswith(spoken_world.FLITE_PREFIX) and not spoken_world.flite_sets_pitch(voice):
                     pitch = 0
                 pcm = spoken_world.synthesize(world_text.cardinal(digit, "en"), "en", voice, speed, pitch)
                 audios.append(pcm.astype(np.float32) / 32768.0)

@@ -36,8 +36,8 @@ import numpy as np
 from slm_jax import decoding
 from slm_jax.checkpoints.ct2_whisper import load_whisper
 from slm_jax.features import SAMPLE_RATE, WHISPER_HOP, whisper_log_mel
-from slm_jax.models.whisper import (WhisperDecoderConfig, WhisperEncoder, WhisperEncoderConfig, decoder_cross_kv,
-                                    decoder_step, init_decoder_cache)
+from slm_jax.models.whisper import (SILENCE_BELOW_MAX, WhisperDecoderConfig, WhisperEncoder, WhisperEncoderConfig,
+                                    decoder_cross_kv, decoder_step, init_decoder_cache)
 from slm_jax.whisper_tokenizer import TASKS, WhisperTokenizer
 
 Array = jax.Array
@@ -239,9 +239,9 @@ class WhisperASR:
 def silence_padded(features: np.ndarray, frames: int) -> np.ndarray:
     """Unpadded Whisper log-mel [T, mel] extended to `frames` frames of silence. Silence sits
     at the log-mel's floor, (global max - 8 + 4) / 4 in whisper_log_mel's terms, i.e. the
-    features' max - 2; only the frames whose window straddles the audio's end differ from
+    features' max - SILENCE_BELOW_MAX; only the frames whose window straddles the audio's end differ from
     the log-mel of silence-padded audio."""
     if len(features) >= frames:
         return features
-    pad = np.full((frames - len(features), features.shape[1]), features.max() - 2.0, np.float32)
+    pad = np.full((frames - len(features), features.shape[1]), features.max() - SILENCE_BELOW_MAX, np.float32)
     return np.concatenate([features, pad])

@@ -78,6 +78,11 @@ PITCH_RANGE = (30, 70)  # espeak-ng -p, 0-99
 _SPLIT_INDEX = {s: i + 1 for i, s in enumerate(SPLITS)}
 
 
+def flite_sets_pitch(voice: str) -> bool:
+    """Whether flite can set the pitch of `voice` ("flite-NAME"); the others keep their own."""
+    return voice.removeprefix(FLITE_PREFIX) in FLITE_F0_MEANS
+
+
 @dataclasses.dataclass(eq=False)
 class SpokenWorldConfig(tfds.core.BuilderConfig):
     """Number of world_text items per split (each is spoken in all 4 languages), the seed, and
@@ -116,9 +121,8 @@ def _plan(seed: int, split: str, n: int, flite_share: float) -> tuple:
         r["speed"] = rng.randint(*SPEED_RANGE)
         r["pitch"] = rng.randint(*PITCH_RANGE)
         if r["language"] == "en" and FLITE_POOLS[split] and flite_rng.random() < flite_share:
-            name = flite_rng.choice(FLITE_POOLS[split])
-            r["voice"] = FLITE_PREFIX + name
-            if name not in FLITE_F0_MEANS:
+            r["voice"] = FLITE_PREFIX + flite_rng.choice(FLITE_POOLS[split])
+            if not flite_sets_pitch(r["voice"]):
                 r["pitch"] = 0
     return tuple(records)
 
@@ -173,7 +177,7 @@ def _command(text: str, language: str, voice: str, speed: int, pitch: int) -> tu
         name = voice[len(FLITE_PREFIX):]
         if language != "en":
             raise ValueError(f"flite voice {voice!r} speaks English only, not {language!r}")
-        if bool(pitch) != (name in FLITE_F0_MEANS):
+        if bool(pitch) != flite_sets_pitch(voice):
             raise ValueError(f"flite voice {voice!r}: pitch {pitch} given, but flite sets the pitch of "
                              f"{sorted(FLITE_F0_MEANS)} only (0 for the others)")
         args = ["-voice", name, "--setf", f"duration_stretch={165 / speed:.4f}"]

@@ -111,14 +111,19 @@ def _zero_padding(x: Array, mask: Array | None) -> Array:
     return jnp.where(m, x, jnp.zeros((), x.dtype))
 
 
+# Silent audio's log-mel value below an utterance's maximum: whisper_log_mel clamps log10 at
+# (global max - 8) and maps x -> (x + 4) / 4, so the floor sits 8 / 4 below the features' max.
+SILENCE_BELOW_MAX = 2.0
+
+
 def with_silence(features: Array, mask: Array, frames: int) -> tuple[Array, Array]:
     """features [B, T, mel] with a prefix mask [B, T] -> [B, T + frames] features and mask in
-    which each row's valid frames are followed by `frames` frames at its log-mel floor (max - 2;
-    rows without a valid frame stay empty)."""
+    which each row's valid frames are followed by `frames` frames at its log-mel floor (max -
+    SILENCE_BELOW_MAX; rows without a valid frame stay empty)."""
     lengths = mask.sum(1)
     pos = jnp.arange(features.shape[1] + frames)[None]
     x = jnp.pad(features, ((0, 0), (0, frames), (0, 0)))
-    floor = jnp.max(jnp.where(mask[..., None], features, -jnp.inf), axis=(1, 2)) - 2.0
+    floor = jnp.max(jnp.where(mask[..., None], features, -jnp.inf), axis=(1, 2)) - SILENCE_BELOW_MAX
     valid = pos < lengths[:, None]
     silence = ~valid & (pos < lengths[:, None] + frames) & (lengths[:, None] > 0)
     floor = jnp.where(lengths > 0, floor, 0.0)[:, None, None].astype(x.dtype)
