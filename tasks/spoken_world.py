@@ -229,9 +229,10 @@ class PCM16Audio(tfds.features.Audio):
 class SpokenWorld(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
     """world_text items spoken by espeak-ng (and flite, English) in en/fr/de/es, voices held out per split."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "First version.",
-                     "1.1.0": "A share of the English training utterances spoken by flite's voices."}
+                     "1.1.0": "A share of the English training utterances spoken by flite's voices.",
+                     "1.2.0": "Single digits are a third of the numbers (world_text.NUMBER_RANGES)."}
     BUILDER_CONFIGS = list(CONFIGS.values())
 
     @tfds.core.utils.classproperty

@@ -259,15 +259,19 @@ def _no_slots() -> dict:
 # ----------------------------------------------------------------------------- generator
 
 
+# The ranges a number item's value is drawn from, with their shares. Small numbers come first,
+# as in language: the single digits are a third of the numbers (each about 3.5%), so isolated
+# spoken digits ("zero", "seven") are common utterances of the world, not rare ones.
+NUMBER_RANGES = ((0, 9, 0.35), (10, 20, 0.15), (21, 100, 0.2), (101, 999, 0.15), (1000, 9999, 0.15))
+
+
 def _number_value(rng: random.Random) -> int:
-    scale = rng.random()
-    if scale < 0.3:
-        return rng.randint(0, 20)
-    if scale < 0.55:
-        return rng.randint(21, 100)
-    if scale < 0.8:
-        return rng.randint(101, 999)
-    return rng.randint(1000, 9999)
+    u = rng.random()
+    for low, high, share in NUMBER_RANGES:
+        if u < share:
+            return rng.randint(low, high)
+        u -= share
+    return rng.randint(*NUMBER_RANGES[-1][:2])
 
 
 def make_item(kind: str, rng: random.Random) -> Item:

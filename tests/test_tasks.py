@@ -75,6 +75,20 @@ def test_world_text_aligned_and_deterministic():
                 assert world_text.object_text(s["object"], lang) in item.texts[lang]
 
 
+def test_number_values_follow_their_ranges_and_shares():
+    """A number item's value falls in NUMBER_RANGES with about each range's share (the shares sum
+    to 1), so single digits are a third of the numbers and every digit occurs."""
+    ranges = world_text.NUMBER_RANGES
+    assert sum(share for _, _, share in ranges) == pytest.approx(1.0)
+    values = [x.value for x in world_text.generate_items(10_000, seed=0) if x.kind == "number"]
+    assert len(values) == 3000   # 3 in every 10 items (KIND_CYCLE)
+    for low, high, share in ranges:
+        inside = sum(low <= v <= high for v in values) / len(values)
+        assert abs(inside - share) < 0.03, (low, high, inside, share)
+    assert min(values) >= ranges[0][0] and max(values) <= ranges[-1][1]
+    assert set(range(10)) <= set(values)
+
+
 def test_registered_names():
     names = set(seqio.TaskRegistry.names())
     for size in ("tiny", "demo"):
