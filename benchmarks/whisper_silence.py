@@ -20,11 +20,10 @@ import random
 
 import jax
 import numpy as np
-import soundfile
 
 from slm_jax.checkpoints.ct2_whisper import load_whisper
 from slm_jax.checkpoints.whisper_base import whisper_base_dir
-from slm_jax.features import SAMPLE_RATE, resample, whisper_log_mel
+from slm_jax.features import SAMPLE_RATE, load_audio, whisper_log_mel
 from slm_jax.models.whisper import WhisperEncoder
 from tasks import fsdd, spoken_world, world_text
 
@@ -81,10 +80,7 @@ def main():
         raise SystemExit("FSDD not found: set SLM_FSDD_DIR or place it at ../shared/data/fsdd")
     base, _, params = load_whisper(whisper_base_dir())
     records = fsdd.FSDDCorpus(directory).records("test")[:args.clips]
-    test = []
-    for r in records:
-        audio, sr = soundfile.read(r["path"], dtype="float32")
-        test.append(resample(audio, sr, SAMPLE_RATE, source=r["path"]))
+    test = [load_audio(r["path"]) for r in records]
     y_test = np.asarray([r["value"] for r in records])
     espeak = list(spoken_world.VOICE_POOLS["train"])
     flite = [spoken_world.FLITE_PREFIX + v for v in spoken_world.FLITE_POOLS["train"]]
