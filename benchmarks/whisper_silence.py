@@ -9,7 +9,11 @@ anything trained on synthetic voices. Rows: the encoder on the unpadded clip, wi
 log-mel silence attended after it (the demo's setting is 100 = 1 s), and on the clip padded to
 a fixed 10 s window (closer to Whisper's own 30 s; WhisperASR decodes at 10 s).
 
-    python benchmarks/whisper_silence.py [--clips 200] [--takes 2] [--lam 1.0]
+`--four-languages` adds a second table: the probe fit on the digit words of all four world
+languages (40 classes: espeak-ng in every language, flite in English too), as the SLM must
+choose, scored as the number whatever its language, in English, and how often English is chosen.
+
+    python benchmarks/whisper_silence.py [--clips 200] [--takes 2] [--lam 1.0] [--four-languages]
 """
 
 from __future__ import annotations
@@ -50,12 +54,15 @@ def pooled_states(cfg, params, audios, window_s: float | None) -> np.ndarray:
 
 def ridge_probe(x: np.ndarray, y: np.ndarray, lam: float):
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    z, onehot = (x - mu) / sd, np.eye(10)[y]
+    z, onehot = (x - mu) / sd, np.eye(y.max() + 1)[y]
     w = np.linalg.solve(z.T @ z + lam * len(z) * np.eye(z.shape[1]), z.T @ onehot)
     return lambda q: (((q - mu) / sd) @ w).argmax(1)
 
 
-def synthetic_digits(voices, takes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+def synthetic_digits(voices, takes: int, seed: int = 0, language: str = "en",
+                     offset: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """The digit words of `language` by each voice, `takes` times at drawn speeds and pitches;
+    labels digit + offset."""
     rng, audios, labels = random.Random(seed), [], []
     for digit in range(10):
         for voice in voices:
@@ -63,10 +70,26 @@ def synthetic_digits(voices, takes: int, seed: int = 0) -> tuple[list[np.ndarray
                 speed, pitch = rng.randint(*spoken_world.SPEED_RANGE), rng.randint(*spoken_world.PITCH_RANGE)
                 if voice.startswith(spoken_world.FLITE_PREFIX) and not spoken_world.flite_sets_pitch(voice):
                     pitch = 0
-                pcm = spoken_world.synthesize(world_text.cardinal(digit, "en"), "en", voice, speed, pitch)
+                pcm = spoken_world.synthesize(world_text.cardinal(digit, language), language, voice, speed, pitch)
                 audios.append(pcm.astype(np.float32) / 32768.0)
-                labels.append(digit)
+                labels.append(digit + offset)
     return audios, np.asarray(labels)
+
+
+def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float) -> None:
+    """The 40-class probe (digit + 10 * language index) at the demo's silence and at 10 s."""
+    audios, labels = [], []
+    for i, lang in enumerate(world_text.LANGUAGES):
+        a, y = synthetic_digits(espeak + (flite if lang == "en" else []), takes, language=lang, offset=10 * i)
+        audios, labels = audios + a, np.concatenate([labels, y]).astype(int)
+    print("\n| encoder input (40 classes) | right number, any language | right number in English | "
+          "English chosen |\n|---|---|---|---|")
+    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s", 100, 10.0)):
+        cfg = dataclasses.replace(base, silence_frames=silence)
+        pred = ridge_probe(pooled_states(cfg, params, audios, window), labels, lam)(
+            pooled_states(cfg, params, test, window))
+        print(f"| {label} | {np.mean(pred % 10 == y_test):.1%} | {np.mean(pred == y_test):.1%} | "
+              f"{np.mean(pred < 10):.1%} |", flush=True)
 
 
 def main():
@@ -74,6 +97,7 @@ def main():
     p.add_argument("--clips", type=int, default=200, help="FSDD clips scored (spread over speakers and digits)")
     p.add_argument("--takes", type=int, default=2, help="synthetic takes per digit and voice")
     p.add_argument("--lam", type=float, default=1.0, help="ridge strength (per example)")
+    p.add_argument("--four-languages", action="store_true", help="also the 40-class probe over the world's languages")
     args = p.parse_args()
     directory = fsdd.fsdd_dir()
     if directory is None:
@@ -100,6 +124,8 @@ def main():
             predict = ridge_probe(pooled_states(cfg, params["encoder"], audios, window), labels, args.lam)
             accs.append(float(np.mean(predict(x_test) == y_test)))
         print(f"| {label} | " + " | ".join(f"{a:.1%}" for a in accs) + " |", flush=True)
+    if args.four_languages:
+        four_languages(base, params["encoder"], test, y_test, espeak, flite, args.takes, args.lam)
 
 
 if __name__ == "__main__":
