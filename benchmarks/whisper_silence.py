@@ -77,14 +77,17 @@ def synthetic_digits(voices, takes: int, seed: int = 0, language: str = "en",
 
 
 def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float) -> None:
-    """The 40-class probe (digit + 10 * language index) at the demo's silence and at 10 s."""
+    """The 40-class probe (digit + 10 * language index), with the demo's 1 s of silence after the clip
+    unpadded and padded to 10 s."""
     audios, labels = [], []
     for i, lang in enumerate(world_text.LANGUAGES):
         a, y = synthetic_digits(espeak + (flite if lang == "en" else []), takes, language=lang, offset=10 * i)
-        audios, labels = audios + a, np.concatenate([labels, y]).astype(int)
+        audios += a
+        labels.append(y)
+    labels = np.concatenate(labels)
     print("\n| encoder input (40 classes) | right number, any language | right number in English | "
           "English chosen |\n|---|---|---|---|")
-    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s", 100, 10.0)):
+    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s, +1 s silence", 100, 10.0)):
         cfg = dataclasses.replace(base, silence_frames=silence)
         pred = ridge_probe(pooled_states(cfg, params, audios, window), labels, lam)(
             pooled_states(cfg, params, test, window))
