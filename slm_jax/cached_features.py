@@ -330,16 +330,16 @@ def _existing_cache(out_dir: str, fp: Mapping, feature_lengths: Mapping[str, int
 PROGRESS_EVERY_S = 30.0   # seconds between progress lines while a cache is built
 
 
-def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int,
+def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], read_batch_size: int, seed: int,
                   encoder: SharedAudioEncoder) -> dict[str, int]:
     """Add every example of the task's (or each of the mixture's tasks') split to `encoder`,
-    unshuffled, one epoch, tokens trimmed after their last non-padding token. Returns the
-    examples per task."""
+    unshuffled, one epoch, read in get_batches' batches of `read_batch_size`, tokens trimmed
+    after their last non-padding token. Returns the examples per task."""
     from slm_jax.data import get_batches
     per_task: dict[str, int] = {}
     t0 = last = time.perf_counter()
     for name in _task_names(task):
-        for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=batch_size,
+        for batch in get_batches(name, split, feature_lengths=feature_lengths, batch_size=read_batch_size,
                                  shuffle=False, seed=seed, num_epochs=1, drop_remainder=False):
             n = batch["features"].shape[0]
             per_task[name] = per_task.get(name, 0) + n
@@ -358,12 +358,18 @@ def _encode_split(task: str, split: str, feature_lengths: Mapping[str, int], bat
 
 def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_lengths: Mapping[str, int],
                 config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
-                batch_size: int = 8, seed: int = 0, examples_per_shard: int = 4096,
-                overwrite: bool = False, verbose: bool = True, share_bytes: int = 2 ** 30) -> dict:
+                batch_size: int = 8, read_batch_size: int | None = None, seed: int = 0,
+                examples_per_shard: int = 4096, overwrite: bool = False, verbose: bool = True,
+                share_bytes: int = 2 ** 30) -> dict:
     """Run the frozen speech encoder (jitted, batches of `batch_size`) once over `task`'s `split`
     (a task or a mixture name: via get_batches, unshuffled, one epoch, every example: the last
     batch is padded, then cut) and write the cache (see the module docstring). Returns the
-    manifest. An existing cache with the same fingerprint, task, split and feature lengths is
+    manifest.
+
+    Examples are read in get_batches' batches of `read_batch_size` (None: `batch_size`). With
+    length buckets bound (get_batches.speech_buckets) that batch sets the cache's example order,
+    and with it which example each training key draws; the encoder's batch does not, so it can be
+    tuned for speed alone. An existing cache with the same fingerprint, task, split and feature lengths is
     kept (returned as is) unless `overwrite`; otherwise its files are replaced.
 
     encoder_params: the "speech_encoder" subtree of the SLM params; weights: `weights_id(...)`,
@@ -389,7 +395,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     t0 = time.perf_counter()
     shards = ShardWriter(out_dir, split, examples_per_shard)
     encoder = SharedAudioEncoder(config, encoder_params, batch_size, share_bytes, shards.write)
-    per_task = _encode_split(task, split, feature_lengths, batch_size, seed, encoder)
+    per_task = _encode_split(task, split, feature_lengths, read_batch_size or batch_size, seed, encoder)
     encoder.finish()
     shards.close()
     if not shards.count:
@@ -402,7 +408,8 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
                 "frames": shards.lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(shards.count / seconds, 3),
                           "encoded_utterances": encoder.encoded,
-                          "batch_size": batch_size, "device": jax.devices()[0].platform}}
+                          "batch_size": batch_size, "read_batch_size": read_batch_size or batch_size,
+                          "device": jax.devices()[0].platform}}
     manifest_path = os.path.join(out_dir, MANIFEST)
     with open(manifest_path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1)

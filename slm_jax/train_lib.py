@@ -368,8 +368,10 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
 @dataclasses.dataclass(frozen=True)
 class CacheConfig:
     """How `build_feature_cache` writes: the split, the encoder's batch size (None:
-    TrainConfig.batch_size), examples per ArrayRecord shard, whether to rebuild an up-to-date
-    cache, and the bytes of encoder outputs kept for examples that share audio."""
+    TrainConfig.batch_size; examples are read in batches of TrainConfig.batch_size whatever it
+    is, so it changes the speed, never the cache's order), examples per ArrayRecord shard,
+    whether to rebuild an up-to-date cache, and the bytes of encoder outputs kept for examples
+    that share audio."""
     split: str = "train"
     batch_size: int | None = None
     examples_per_shard: int = 4096
@@ -390,5 +392,5 @@ def build_feature_cache(run: RunConfig, cfg: TrainConfig, cache: CacheConfig | N
         cfg.feature_cache_dir, cfg.train_task, cache.split, feature_lengths=cfg.feature_lengths,
         config=run.model.config, encoder_params=s.params(s.trainable)["speech_encoder"],
         weights=cached_features.weights_id(run.speech_encoder_checkpoint, run.seed),
-        batch_size=cache.batch_size or cfg.batch_size, seed=run.seed,
+        batch_size=cache.batch_size or cfg.batch_size, read_batch_size=cfg.batch_size, seed=run.seed,
         examples_per_shard=cache.examples_per_shard, overwrite=cache.overwrite, share_bytes=cache.share_bytes)

@@ -234,6 +234,34 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
     assert got["encoded_speech"].shape[1] == 8
 
 
+def test_cache_order_is_set_by_the_read_batch_not_the_encoder_batch(cache, tmp_path):
+    """With length buckets bound, get_batches sorts each read batch's window by length, so the
+    batch the examples are read in fixes the cache's order (and which example each training key
+    draws); the encoder's batch is a speed knob and leaves the cache unchanged."""
+    import gin
+    gin.parse_config("get_batches.speech_buckets = [48]")
+    try:
+        build = lambda d, **kw: build_cache(str(tmp_path / d), register_fixed_task(), "train",  # noqa: E731
+                                            feature_lengths=FEATURE_LENGTHS, config=CONFIG,
+                                            encoder_params=cache["params"]["speech_encoder"],
+                                            weights=weights_id(cache["ckpt"]), verbose=False, **kw)
+        by_one, by_three = build("e1", batch_size=1, read_batch_size=4), build("e3", batch_size=3, read_batch_size=4)
+        read_by_one = build("r1", batch_size=1)
+    finally:
+        gin.clear_config()
+    # valid frames 36, 52, 28, 44 -> 5, 7, 4, 6 encoded; read 4 at a time, 52 waits for its
+    # bucket (64) to fill and comes last; read 1 at a time, every example is its own batch
+    assert by_one["frames"] == by_three["frames"] == [5, 4, 6, 7]
+    assert read_by_one["frames"] == [5, 7, 4, 6]   # the read batch does set the order
+    assert (by_one["build"]["encoded_utterances"], by_three["build"]["encoded_utterances"]) == (4, 4)
+    fp = encoder_fingerprint(CONFIG, cache["ckpt"])
+    one, three = (next(cached_batches(register_fixed_task(), "train", feature_lengths=FEATURE_LENGTHS, batch_size=4,
+                                      shuffle=True, seed=3, cache_dir=str(tmp_path / d), encoder_fingerprint=fp))
+                  for d in ("e1", "e3"))
+    for k in one:
+        np.testing.assert_allclose(one[k], three[k], atol=1e-5, err_msg=k)
+
+
 def test_length_bucketed_batches_pad_less_and_keep_loss_order_and_shards(cache, tmp_path):
     """speech_buckets: each window's examples sorted by length and padded to the smallest bucket
     that holds them; every example still read once per epoch, the loss unchanged by the padding,
