@@ -369,8 +369,8 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     Examples are read in get_batches' batches of `read_batch_size` (None: `batch_size`). With
     length buckets bound (get_batches.speech_buckets) that batch sets the cache's example order,
     and with it which example each training key draws; the encoder's batch does not, so it can be
-    tuned for speed alone. An existing cache with the same fingerprint, task, split and feature lengths is
-    kept (returned as is) unless `overwrite`; otherwise its files are replaced.
+    tuned for speed alone. An existing cache with the same fingerprint, task, split and feature
+    lengths is kept (returned as is) unless `overwrite`; otherwise its files are replaced.
 
     encoder_params: the "speech_encoder" subtree of the SLM params; weights: `weights_id(...)`,
     what identifies them in the fingerprint. A mixture's cache holds one full epoch of each of
