@@ -112,19 +112,21 @@ def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: f
     print("\n| encoder input (40 classes) | right number, any language | right number in English | "
           "English chosen |\n|---|---|---|---|")
 
-    def row(label, cfg, window, x_train, y_train):
-        pred = ridge_probe(x_train, y_train, lam)(pooled_states(cfg, params, test, window))
+    def row(label, x_train, y_train, x_test):
+        pred = ridge_probe(x_train, y_train, lam)(x_test)
         print(f"| {label} | {np.mean(pred % 10 == y_test):.1%} | {np.mean(pred == y_test):.1%} | "
               f"{np.mean(pred < 10):.1%} |", flush=True)
 
-    for label, silence, window in (("+1 s silence (demo)", 100, None), ("padded to 10 s, +1 s silence", 100, 10.0)):
-        cfg = dataclasses.replace(base, silence_frames=silence)
-        row(label, cfg, window, pooled_states(cfg, params, audios, window), labels)
+    cfg = dataclasses.replace(base, silence_frames=100)
+    x_train, x_test = pooled_states(cfg, params, audios, None), pooled_states(cfg, params, test, None)
+    row("+1 s silence (demo)", x_train, labels, x_test)
+    row("padded to 10 s, +1 s silence", pooled_states(cfg, params, audios, 10.0), labels,
+        pooled_states(cfg, params, test, 10.0))
     if piper_takes:
-        cfg = dataclasses.replace(base, silence_frames=100)
         extra, extra_labels = piper_digits(piper_takes)
-        row(f"+1 s silence, + Piper joe ({piper_takes} takes per English digit)", cfg, None,
-            pooled_states(cfg, params, audios + extra, None), np.concatenate([labels, extra_labels]))
+        row(f"+1 s silence, + Piper joe ({piper_takes} takes per English digit)",
+            np.concatenate([x_train, pooled_states(cfg, params, extra, None)]),
+            np.concatenate([labels, extra_labels]), x_test)
 
 
 def main():

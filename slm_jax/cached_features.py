@@ -392,10 +392,11 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     if existing is not None:
         return existing
 
+    read_batch_size = read_batch_size or batch_size
     t0 = time.perf_counter()
     shards = ShardWriter(out_dir, split, examples_per_shard)
     encoder = SharedAudioEncoder(config, encoder_params, batch_size, share_bytes, shards.write)
-    per_task = _encode_split(task, split, feature_lengths, read_batch_size or batch_size, seed, encoder)
+    per_task = _encode_split(task, split, feature_lengths, read_batch_size, seed, encoder)
     encoder.finish()
     shards.close()
     if not shards.count:
@@ -408,7 +409,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
                 "frames": shards.lengths, "fingerprint": fp,
                 "build": {"seconds": round(seconds, 3), "examples_per_s": round(shards.count / seconds, 3),
                           "encoded_utterances": encoder.encoded,
-                          "batch_size": batch_size, "read_batch_size": read_batch_size or batch_size,
+                          "batch_size": batch_size, "read_batch_size": read_batch_size,
                           "device": jax.devices()[0].platform}}
     manifest_path = os.path.join(out_dir, MANIFEST)
     with open(manifest_path + ".tmp", "w") as f:

@@ -235,8 +235,8 @@ def test_mixture_cache_holds_every_example_of_each_task_once(cache, tmp_path):
 
 
 def test_cache_order_is_set_by_the_read_batch_not_the_encoder_batch(cache, tmp_path):
-    """With length buckets bound, get_batches sorts each read batch's window by length, so the
-    batch the examples are read in fixes the cache's order (and which example each training key
+    """With length buckets bound, get_batches groups the examples it reads by length bucket, so
+    the batch the examples are read in fixes the cache's order (and which example each training key
     draws); the encoder's batch is a speed knob and leaves the cache unchanged."""
     import gin
     gin.parse_config("get_batches.speech_buckets = [48]")
