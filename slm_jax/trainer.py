@@ -66,9 +66,23 @@ def merge_params(trainable: Params, frozen: Params) -> dict:
 # ----------------------------------------------------------------------------- optimizer
 
 @gin.configurable
-def make_schedule(learning_rate: float = 1e-3, warmup_steps: int = 100, total_steps: int = 1000,
-                  decay: str = "cosine", end_fraction: float = 0.0) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, then `decay` in cosine / linear / rsqrt / constant."""
+def make_schedule(learning_rate: float = 1e-3, warmup_steps: int | None = None, total_steps: int = 1000,
+                  decay: str = "cosine", end_fraction: float = 0.0,
+                  warmup_fraction: float | None = None) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then `decay` in cosine / linear / rsqrt / constant.
+
+    The warmup is `warmup_steps` long, or `warmup_fraction` of `total_steps` (rounded), so runs
+    of different lengths under one config warm up alike; neither set: 100 steps."""
+    if warmup_steps is not None and warmup_fraction is not None:
+        raise ValueError(f"make_schedule: set warmup_steps ({warmup_steps}) or warmup_fraction "
+                         f"({warmup_fraction}), not both")
+    if warmup_fraction is not None:
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"make_schedule.warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+        warmup_steps = round(warmup_fraction * total_steps)
+    warmup_steps = 100 if warmup_steps is None else warmup_steps
+    if warmup_steps < 0:
+        raise ValueError(f"make_schedule.warmup_steps must be >= 0, got {warmup_steps}")
     warm = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
     rest = max(total_steps - warmup_steps, 1)
     if decay == "cosine":

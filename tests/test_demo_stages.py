@@ -5,6 +5,8 @@ applies to every depth)."""
 
 from __future__ import annotations
 
+import pytest
+
 from slm_jax import demo, train_lib
 
 
@@ -30,6 +32,20 @@ def test_slm_bindings_steps_win_over_depth_steps(tmp_path):
     d = demo.Demo(demo.DemoConfig(run_dir=str(tmp_path), depth_steps={2: 6000},
                                   slm_bindings=["RunConfig.train_steps = 400"]))
     assert stage_settings(d, 2)[0] == 400
+
+
+def test_demo_warmup_is_a_share_of_each_depths_steps(tmp_path):
+    """The demo's SLM gin file sets make_schedule.warmup_fraction, so each depth warms up over a
+    ninth of its own steps: the learning rate at half that many steps is half the peak."""
+    from slm_jax import gin_utils
+    from slm_jax.trainer import make_schedule
+    d = demo.Demo(demo.DemoConfig(run_dir=str(tmp_path), depth_steps={0: 1500, 2: 9000}))
+    for depth, warmup in ((2, 1000), (0, 167)):
+        with d.slm_stage(depth):
+            lr = gin_utils.query("make_schedule.learning_rate")
+            schedule = make_schedule(total_steps=train_lib.RunConfig().train_steps)
+        assert float(schedule(warmup / 2)) == pytest.approx(lr / 2, rel=1e-6)   # float32 schedule
+        assert float(schedule(warmup)) == pytest.approx(lr, rel=1e-6)
 
 
 def test_demo_gin_files_depth_steps():

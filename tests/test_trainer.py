@@ -19,7 +19,7 @@ from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.task_model import SLMTaskModel
-from slm_jax.trainer import Trainer, merge_params, split_trainable
+from slm_jax.trainer import Trainer, make_schedule, merge_params, split_trainable
 
 
 def batches(n, batch_size=8):
@@ -265,6 +265,26 @@ def tiny_llm(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("llm") / "tiny_llm.msgpack")
     assert pretrain_tiny_llm(path, steps=1500) < 0.2
     return path
+
+
+def test_schedule_warmup_as_a_fraction_of_the_run():
+    """warmup_fraction warms up over that share of total_steps: the same curve as warmup_steps
+    (a linear ramp from 0, checked against numpy), then the cosine; both knobs set, or a
+    fraction outside [0, 1), is an error naming them."""
+    lr, total = 2e-3, 400
+    by_fraction = make_schedule(lr, total_steps=total, warmup_fraction=0.25)
+    by_steps = make_schedule(lr, warmup_steps=100, total_steps=total)
+    steps = np.arange(total + 1)
+    got = np.array([float(by_fraction(i)) for i in steps])
+    np.testing.assert_array_equal(got, [float(by_steps(i)) for i in steps])
+    np.testing.assert_allclose(got[:101], lr * steps[:101] / 100, rtol=1e-5, atol=1e-10)   # float32
+    cosine = lr * 0.5 * (1 + np.cos(np.pi * (steps[100:] - 100) / 300))
+    np.testing.assert_allclose(got[100:], cosine, rtol=1e-5, atol=1e-9)
+    assert float(make_schedule(lr, total_steps=total)(50)) == pytest.approx(lr / 2)   # default: 100 steps
+    with pytest.raises(ValueError, match="warmup_steps.*warmup_fraction"):
+        make_schedule(lr, warmup_steps=10, total_steps=total, warmup_fraction=0.1)
+    with pytest.raises(ValueError, match="warmup_fraction must lie in"):
+        make_schedule(lr, total_steps=total, warmup_fraction=1.5)
 
 
 def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path, tiny_llm):
