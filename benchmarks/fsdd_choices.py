@@ -24,16 +24,18 @@ import numpy as np
 import seqio
 
 from slm_jax import demo, gin_utils, train_lib
+from slm_jax.models.t5 import shift_right
 from tasks import world_text
 
 
-def candidate_tokens(vocab: seqio.Vocabulary, texts: list[str], eos: int) -> tuple[np.ndarray, np.ndarray]:
+def candidate_tokens(vocab: seqio.Vocabulary, texts: list[str], eos: int,
+                     start: int) -> tuple[np.ndarray, np.ndarray]:
     """(decoder targets, decoder inputs) [C, L] of each candidate text, EOS-terminated, 0-padded."""
     ids = [vocab.encode(t) + [eos] for t in texts]
     targets = np.zeros((len(ids), max(map(len, ids))), np.int32)
     for i, x in enumerate(ids):
         targets[i, :len(x)] = x
-    return targets, np.concatenate([np.zeros((len(ids), 1), np.int32), targets[:, :-1]], 1)
+    return targets, np.asarray(shift_right(targets, start))
 
 
 def candidate_scores(model, params, batches, targets: np.ndarray, inputs: np.ndarray) -> np.ndarray:
@@ -80,7 +82,8 @@ def main() -> None:
             cfg = d.eval_config([task], split="test")
             vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
             batches = list(data.batches(task, cfg))
-            scores = candidate_scores(s.model, params, batches, *candidate_tokens(vocab, texts, s.model.eos_id))
+            scores = candidate_scores(s.model, params, batches, *candidate_tokens(
+                vocab, texts, s.model.eos_id, s.model.llm_config.decoder_start_token_id))
             truth = [vocab.decode([t for t in row if t > 1]) for b in batches for row in b["decoder_target_tokens"]]
             if task == "fsdd_asr_en":
                 digit = np.array([words.index(t) for t in truth])
