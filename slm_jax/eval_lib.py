@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -135,16 +136,27 @@ class EvalDataCache:
         yield from hit[1]
 
 
-def frozen_encoder(s: Setup) -> Callable[[dict], dict]:
+def frozen_encoder(s: Setup, remember: int = 32) -> Callable[[dict], dict]:
     """batch -> the batch with the frozen speech encoder's outputs (`encoded_speech` /
     `encoded_mask`, what a feature cache stores) in place of `features` / `feature_mask`; an SLM
-    predicts from either the same way (task_model.speech_inputs)."""
+    predicts from either the same way (task_model.speech_inputs). A batch with the same features
+    and mask as one of the last `remember` encoded (one split's utterances read by several
+    tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs."""
     encode, params = jitted_encoder(s.model.config), s.frozen["speech_encoder"]
+    outputs: collections.OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
 
     def apply(batch: dict) -> dict:
-        hidden, mask = (np.asarray(x) for x in jax.device_get(encode(params, batch["features"], batch["feature_mask"])))
+        features, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"])
+        key = hashlib.blake2b(repr((features.shape, features.dtype.str, mask.dtype.str)).encode()
+                              + features.tobytes() + mask.tobytes(), digest_size=16).digest()
+        if key not in outputs:
+            outputs[key] = tuple(np.asarray(x) for x in jax.device_get(encode(params, features, mask)))
+            while len(outputs) > remember:
+                outputs.popitem(last=False)
+        outputs.move_to_end(key)
+        hidden, encoded_mask = outputs[key]
         rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
-        return {**rest, "encoded_speech": hidden, "encoded_mask": mask}
+        return {**rest, "encoded_speech": hidden, "encoded_mask": encoded_mask}
     return apply
 
 

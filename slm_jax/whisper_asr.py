@@ -27,6 +27,8 @@ default pads to 10 s.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 from typing import Sequence
 
 import jax
@@ -61,15 +63,20 @@ def _prefill(step, cache, prompts: Array, beams: int, language_mask: Array) -> t
     return cache, languages
 
 
-def generate(encoder_config: WhisperEncoderConfig, decoder_config: WhisperDecoderConfig, params, features: Array,
-             mask: Array | None, prompts: Array, suppress: Array, suppress_begin: Array, language_mask: Array, *,
-             beam_size: int = 1, max_new_tokens: int = 64, eos_id: int = 50257) -> tuple[Array, Array]:
-    """features [B, T, mel] (mask [B, T] or None), prompts [B, P] (sharing their last token),
-    boolean [V] masks of suppressed ids (every step / first step) and of language tokens ->
-    (tokens [B, max_new_tokens]: EOS where produced, 0 after; language token per row [B])."""
-    b, p = prompts.shape
+def encode(encoder_config: WhisperEncoderConfig, params, features: Array, mask: Array | None) -> tuple[Array, Array | None]:
+    """features [B, T, mel] (mask [B, T] or None) -> encoder states [B, T', D] and the mask the
+    decoder's cross-attention reads (None when the input had none)."""
     encoded, encoded_mask = WhisperEncoder(encoder_config).apply({"params": params["encoder"]}, features, mask)
-    encoded_mask = None if mask is None else encoded_mask
+    return encoded, (None if mask is None else encoded_mask)
+
+
+def generate_encoded(decoder_config: WhisperDecoderConfig, params, encoded: Array, encoded_mask: Array | None,
+                     prompts: Array, suppress: Array, suppress_begin: Array, language_mask: Array, *,
+                     beam_size: int = 1, max_new_tokens: int = 64, eos_id: int = 50257) -> tuple[Array, Array]:
+    """Decoding from encoder states (`encode`'s output): prompts [B, P] (sharing their last
+    token), boolean [V] masks of suppressed ids (every step / first step) and of language tokens
+    -> (tokens [B, max_new_tokens]: EOS where produced, 0 after; language token per row [B])."""
+    b, p = prompts.shape
     cross_kv = decoder_cross_kv(decoder_config, params["decoder"], encoded)
     length = p - 1 + max_new_tokens
     cache = init_decoder_cache(decoder_config, b, length, beams=beam_size)
@@ -95,8 +102,10 @@ def generate(encoder_config: WhisperEncoderConfig, decoder_config: WhisperDecode
     return tokens, languages
 
 
-# compiled once per (configs, shapes, beam_size, max_new_tokens), shared by every WhisperASR
-generate_jit = jax.jit(generate, static_argnums=(0, 1), static_argnames=("beam_size", "max_new_tokens", "eos_id"))
+# compiled once per (config, shapes[, beam_size, max_new_tokens]), shared by every WhisperASR
+encode_jit = jax.jit(encode, static_argnums=(0,))
+generate_encoded_jit = jax.jit(generate_encoded, static_argnums=(0,),
+                               static_argnames=("beam_size", "max_new_tokens", "eos_id"))
 
 
 def until_eos(tokens, eos_id: int) -> list[int]:
@@ -134,19 +143,36 @@ def bucket(n: int, step: int, limit: int) -> int:
 
 class WhisperASR:
     """A CTranslate2 Whisper directory loaded once; `transcribe` audio (or
-    `transcribe_features` log-mel) in batches. One jitted program per (batch rows, frames,
-    beam size, max_new_tokens); batch rows are batch_size or the next power of two below it."""
+    `transcribe_features` log-mel) in batches. Jitted programs per (batch rows, frames): the
+    encoder, and decoding per beam size and max_new_tokens; batch rows are batch_size or the
+    next power of two below it. The encoder states of the last `encoded_batches` batches are
+    kept, so a batch decoded again (another task or language) skips the encoder."""
 
     def __init__(self, model_dir: str, *, batch_size: int = 16, frame_bucket: int = 100,
-                 max_new_tokens: int = 64, dtype=jnp.float32):
+                 max_new_tokens: int = 64, dtype=jnp.float32, encoded_batches: int = 16):
         self.model_dir = str(model_dir)
         self.encoder_config, self.decoder_config, params = load_whisper(self.model_dir, dtype=dtype)
         self.params = jax.device_put(params)
         self.tokenizer = WhisperTokenizer(self.model_dir)
         self.batch_size, self.frame_bucket, self.max_new_tokens = batch_size, frame_bucket, max_new_tokens
+        self.encoded_batches = encoded_batches
+        self._encoded: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.suppress = self.id_mask(self.tokenizer.suppressed)
         self.suppress_begin = self.id_mask(self.tokenizer.suppressed_at_begin)
         self.language_mask = self.id_mask(list(self.tokenizer.languages.values()))
+
+    def encode(self, x: np.ndarray, mask: np.ndarray | None) -> tuple[Array, Array | None]:
+        """`encode_jit` of one padded batch, remembered for the next `encoded_batches` batches
+        asked for: transcribing and translating the same audio run the encoder once."""
+        key = hashlib.blake2b(x.tobytes() + (b"" if mask is None else mask.tobytes()) + repr(x.shape).encode(),
+                              digest_size=16).digest()
+        if key in self._encoded:
+            self._encoded.move_to_end(key)
+            return self._encoded[key]
+        out = self._encoded[key] = encode_jit(self.encoder_config, self.params, x, mask)
+        while len(self._encoded) > self.encoded_batches:
+            self._encoded.popitem(last=False)
+        return out
 
     def id_mask(self, ids: Sequence[int]) -> np.ndarray:
         mask = np.zeros(self.decoder_config.vocab_size, bool)
@@ -198,10 +224,11 @@ class WhisperASR:
             x, mask = padded_batch([features[i] for i in idx], rows, frames)
             p = prompts[np.resize(idx, rows)]
             p[len(idx):] = prompts[idx[0]]
-            tokens, lang = generate_jit(self.encoder_config, self.decoder_config, self.params, x,
-                                        mask if padded else None, p, self.suppress, self.suppress_begin,
-                                        self.language_mask, beam_size=beam_size, max_new_tokens=max_new,
-                                        eos_id=self.tokenizer.eot)
+            encoded, encoded_mask = self.encode(x, mask if padded else None)
+            tokens, lang = generate_encoded_jit(self.decoder_config, self.params, encoded, encoded_mask, p,
+                                                self.suppress, self.suppress_begin, self.language_mask,
+                                                beam_size=beam_size, max_new_tokens=max_new,
+                                                eos_id=self.tokenizer.eot)
             tokens, lang = np.asarray(tokens), np.asarray(lang)
             for r, i in enumerate(idx):
                 out[i], langs[i] = until_eos(tokens[r], self.tokenizer.eot), int(lang[r])

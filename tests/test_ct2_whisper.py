@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from slm_jax import metrics
+from slm_jax import metrics, whisper_asr
 from slm_jax.checkpoints import ct2
 from slm_jax.checkpoints.ct2_whisper import load_decoder, load_encoder, load_whisper, open_model
 from slm_jax.checkpoints.hf_common import CheckpointError
@@ -283,6 +283,27 @@ def test_tiny_generate_matches_ctranslate2(tiny, quant):
             asr.generate_ids(feats, "en", padded=False)
     with pytest.raises(ValueError, match="utterance 1: 61 frames"):
         asr.generate_ids([feats[0], np.zeros((61, 16), np.float32)], "en")
+
+
+def test_a_batch_decoded_again_reuses_its_encoder_states(tiny, monkeypatch):
+    """Translating the batches just transcribed runs no encoder; the tokens equal those of a
+    WhisperASR that encodes afresh. Only the last `encoded_batches` batches are kept."""
+    calls = []
+    monkeypatch.setattr(whisper_asr, "encode_jit", lambda *a: (calls.append(1), whisper_asr.encode(*a))[1])
+    directory = str(tiny[1]["float32"])
+    asr = WhisperASR(directory, batch_size=4, frame_bucket=20, encoded_batches=2)
+    rng = np.random.default_rng(4)
+    feats = [rng.standard_normal((n, 16)).astype(np.float32) for n in (60, 41, 24, 7, 33)]
+    asr.generate_ids(feats, "en", max_new_tokens=6)
+    assert len(calls) == 2                                   # batches of 4 and 1
+    translated = asr.generate_ids(feats, "fr", "translate", max_new_tokens=6)
+    assert len(calls) == 2
+    assert translated == WhisperASR(directory, batch_size=4, frame_bucket=20).generate_ids(
+        feats, "fr", "translate", max_new_tokens=6)
+    assert len(calls) == 4
+    asr.generate_ids([f * 2 for f in feats], "en", max_new_tokens=6)
+    asr.generate_ids(feats, "en", max_new_tokens=6)          # pushed out by the two batches before
+    assert len(calls) == 8
 
 
 def _drop(name):

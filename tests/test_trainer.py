@@ -334,3 +334,32 @@ def test_eval_from_frozen_encoder_outputs_matches_eval_from_audio(tmp_path):
     assert preds(tmp_path / "b") == preds(tmp_path / "a")
     drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_s"}
     assert drop(from_encoded) == drop(from_audio)
+
+
+def test_frozen_encoder_runs_once_per_audio_batch(tmp_path, monkeypatch):
+    """A batch whose features and mask were encoded before (the same utterances read by another
+    task, with another instruction) reuses those outputs; changed audio is encoded again, and
+    only the last `remember` batches are kept."""
+    task = register_fixed_task("test_fixed_asr_eval_shared_audio")
+    tiny_run(tmp_path, "EvalConfig.max_examples=4", f"EvalConfig.eval_tasks=['{task}']")
+    s = train_lib.setup(train_lib.RunConfig())
+    s.checkpointer.close()
+    calls = []
+    real = eval_lib.jitted_encoder
+    monkeypatch.setattr(eval_lib, "jitted_encoder", lambda config: (
+        lambda *a: (calls.append(1), real(config)(*a))[1]))
+    encode = eval_lib.frozen_encoder(s, remember=2)
+    (batch,) = list(eval_lib.eval_batches(task, eval_lib.EvalConfig()))
+    first = encode(batch)
+    other_task = {**batch, "instruction_tokens": batch["instruction_tokens"] + 1}
+    again = encode(other_task)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again["encoded_speech"], first["encoded_speech"])
+    np.testing.assert_array_equal(again["instruction_tokens"], other_task["instruction_tokens"])
+    louder = {**batch, "features": batch["features"] * 2}
+    quieter = {**batch, "features": batch["features"] / 2}
+    assert not np.array_equal(encode(louder)["encoded_speech"], first["encoded_speech"])
+    encode(quieter)
+    assert len(calls) == 3
+    encode(batch)                                        # pushed out by the two batches after it
+    assert len(calls) == 4
