@@ -56,6 +56,7 @@ from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
 # speech foundation -> the SLM stage's gin file
 SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/demo_slm_conformer.gin"}
+STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
 
 
 @gin.configurable
@@ -146,13 +147,38 @@ class Demo:
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
-        t0 = time.time()
-        out = fn()
-        log(f"{name}: done in {time.time() - t0:.0f} s")
+        with self.timed(name):
+            out = fn()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(out, f, indent=1)
         return out
+
+    @contextlib.contextmanager
+    def timed(self, name: str, replace: bool = True) -> Iterator[None]:
+        """Log the wall time of stage `name` and record it in results/stage_times.json (kept
+        across invocations: a resumed demo lists the stages earlier ones ran, with their times).
+        replace=False keeps a time already recorded (a stage every invocation runs, which is
+        quick once its work is on disk)."""
+        t0 = time.time()
+        yield
+        seconds = time.time() - t0
+        log(f"{name}: done in {seconds:.0f} s")
+        times = self.stage_times()
+        if name in times and not replace:
+            return
+        times[name] = round(seconds, 1)
+        os.makedirs(os.path.dirname(self.result_path(STAGE_TIMES)), exist_ok=True)
+        with open(self.result_path(STAGE_TIMES), "w") as f:
+            json.dump(times, f, indent=1)
+
+    def stage_times(self) -> dict[str, float]:
+        """Wall seconds of each stage run so far in this run directory, in the order run."""
+        path = self.result_path(STAGE_TIMES)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
 
     # ------------------------------------------------------------------ stage configs
     def llm_stage(self):
@@ -185,17 +211,17 @@ class Demo:
     # ------------------------------------------------------------------ stages
     def data(self) -> None:
         from tasks import spoken_world, vocab
-        t0 = time.time()
-        spoken_world.prepare(spoken_world.CONFIGS[self.cfg.world])
-        vocab.get_vocabulary()
-        log(f"data ready: spoken_world/{self.cfg.world} ({time.time() - t0:.0f} s)")
+        with self.timed("data", replace=False):
+            spoken_world.prepare(spoken_world.CONFIGS[self.cfg.world])
+            vocab.get_vocabulary()
+        log(f"data ready: spoken_world/{self.cfg.world}")
 
     def train_foundation(self, name: str, path: str, stage: Callable) -> None:
         """Train the `name` foundation under `stage`'s config unless its export `path` exists."""
         if os.path.exists(path):
             log(f"{name}: cached ({path})")
             return
-        with stage():
+        with stage(), self.timed(f"train_{name}"):
             train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
 
     def speech_foundation(self) -> None:
@@ -211,10 +237,9 @@ class Demo:
     def feature_cache(self) -> None:
         """The frozen encoder's outputs for the adapter's training mixture, built once for every
         depth (they depend on the encoder and the adapter's stride, not on its depth)."""
-        t0 = time.time()
-        with self.slm_stage(self.cfg.depths[0]):
+        with self.slm_stage(self.cfg.depths[0]), self.timed("feature_cache"):
             manifest = train_lib.build_feature_cache(train_lib.RunConfig(), train_lib.TrainConfig())
-        log(f"feature cache: {manifest['count']} examples of {self.task(self.cfg.slm_mixture)} ({time.time() - t0:.0f} s)")
+        log(f"feature cache: {manifest['count']} examples of {self.task(self.cfg.slm_mixture)}")
 
     def train_slm(self, depth: int) -> dict:
         def train():
@@ -332,7 +357,8 @@ class Demo:
         rep = self.evaluations(nolist, fsdd_tasks)
         rep.update(text_before=text_before, llm_sha=[llm_sha_before, sha16(self.llm_path)],
                    param_counts=self.cached("param_counts", self.param_counts),
-                   train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves())
+                   train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves(),
+                   stage_times=self.stage_times())
         rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
                        "speech_foundation": self.cfg.speech_foundation, "slm_mixture": self.task(self.cfg.slm_mixture),
                        "fsdd_examples": self.cfg.fsdd_examples,

@@ -176,7 +176,19 @@ def markdown(rep: Mapping[str, Any]) -> str:
     lines += ["| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
     for k, v in rep["train"].items():
         lines.append(f"| {k} | {v.get('loss', float('nan')):.4f} | {v.get('accuracy', float('nan')):.3f} | {v.get('step')} |")
+    lines += stage_times_table(rep.get("stage_times") or {})
     return "\n".join(lines) + "\n"
+
+
+def stage_times_table(times: Mapping[str, float]) -> list[str]:
+    """Wall time of each stage (results/stage_times.json), in the order they ran, and their sum."""
+    if not times:
+        return []
+    lines = ["", "## Stage times\n", "Wall time of each stage on this machine, in the order run (a resumed run lists "
+             "the times of the invocation that ran each stage).\n", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines.append(f"| **all stages** | **{sum(times.values()):.0f}** ({sum(times.values()) / 60:.1f} min) |")
+    return lines
 
 
 def plots(rep: Mapping[str, Any], out_dir: str) -> None:

@@ -79,11 +79,19 @@ def check_report_and_frozen_llm(run_dir: Path, stdout: str) -> dict:
                           .read_text())
     assert len(manifest["tasks"]) == 10 and manifest["count"] == sum(manifest["tasks"].values())
     assert "feature cache:" in stdout
+    # every stage's wall time, in the order run, also in the report
+    times = rep["stage_times"]
+    depths = [f"train_slm_depth{d}" for d in rep["meta"]["depths"]]
+    assert list(times)[:3] == ["data", "train_llm", "llm_text_before"] and "## Stage times" in md
+    assert {"feature_cache", "cascade", "eval_zeroshot", *depths} <= set(times) and min(times.values()) >= 0
+    assert list(times).index("feature_cache") < list(times).index(depths[0])
     return rep
 
 
 def check_cached(run_dir: Path, gin_file: str, foundation_line: str) -> None:
     """Re-running skips every finished stage (no training step runs again)."""
+    times = report(run_dir)["stage_times"]
     stdout = run_demo(gin_file, run_dir, 600)
     assert "llm: cached" in stdout and foundation_line in stdout
     assert "[train] step" not in stdout
+    assert report(run_dir)["stage_times"] == times       # nothing ran again, so no time changed
