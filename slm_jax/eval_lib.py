@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import seqio
 
 from slm_jax import gin_utils, run_inputs
+from slm_jax.array_memo import ArrayMemo
 from slm_jax.cached_features import jitted_encoder
 from slm_jax.data import get_batches, pad_rows
 from slm_jax.features import FeatureConfig, compute_features, load_audio
@@ -143,18 +143,12 @@ def frozen_encoder(s: Setup, remember: int = 32) -> Callable[[dict], dict]:
     and mask as one of the last `remember` encoded (one split's utterances read by several
     tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs."""
     encode, params = jitted_encoder(s.model.config), s.frozen["speech_encoder"]
-    outputs: collections.OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+    memo: ArrayMemo[tuple[np.ndarray, ...]] = ArrayMemo(remember)
 
     def apply(batch: dict) -> dict:
         features, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"])
-        key = hashlib.blake2b(repr((features.shape, features.dtype.str, mask.dtype.str)).encode()
-                              + features.tobytes() + mask.tobytes(), digest_size=16).digest()
-        if key not in outputs:
-            outputs[key] = tuple(np.asarray(x) for x in jax.device_get(encode(params, features, mask)))
-            while len(outputs) > remember:
-                outputs.popitem(last=False)
-        outputs.move_to_end(key)
-        hidden, encoded_mask = outputs[key]
+        hidden, encoded_mask = memo((features, mask), lambda: tuple(
+            np.asarray(x) for x in jax.device_get(encode(params, features, mask))))
         rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
         return {**rest, "encoded_speech": hidden, "encoded_mask": encoded_mask}
     return apply

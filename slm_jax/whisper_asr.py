@@ -27,8 +27,6 @@ default pads to 10 s.
 
 from __future__ import annotations
 
-import collections
-import hashlib
 from typing import Sequence
 
 import jax
@@ -36,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slm_jax import decoding
+from slm_jax.array_memo import ArrayMemo
 from slm_jax.checkpoints.ct2_whisper import load_whisper
 from slm_jax.features import SAMPLE_RATE, WHISPER_HOP, whisper_log_mel
 from slm_jax.models.whisper import (SILENCE_BELOW_MAX, WhisperDecoderConfig, WhisperEncoder, WhisperEncoderConfig,
@@ -155,8 +154,7 @@ class WhisperASR:
         self.params = jax.device_put(params)
         self.tokenizer = WhisperTokenizer(self.model_dir)
         self.batch_size, self.frame_bucket, self.max_new_tokens = batch_size, frame_bucket, max_new_tokens
-        self.encoded_batches = encoded_batches
-        self._encoded: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
+        self.recent_encodings: ArrayMemo[tuple] = ArrayMemo(encoded_batches)
         self.suppress = self.id_mask(self.tokenizer.suppressed)
         self.suppress_begin = self.id_mask(self.tokenizer.suppressed_at_begin)
         self.language_mask = self.id_mask(list(self.tokenizer.languages.values()))
@@ -164,15 +162,7 @@ class WhisperASR:
     def encode(self, x: np.ndarray, mask: np.ndarray | None) -> tuple[Array, Array | None]:
         """`encode_jit` of one padded batch, remembered for the next `encoded_batches` batches
         asked for: transcribing and translating the same audio run the encoder once."""
-        key = hashlib.blake2b(x.tobytes() + (b"" if mask is None else mask.tobytes()) + repr(x.shape).encode(),
-                              digest_size=16).digest()
-        if key in self._encoded:
-            self._encoded.move_to_end(key)
-            return self._encoded[key]
-        out = self._encoded[key] = encode_jit(self.encoder_config, self.params, x, mask)
-        while len(self._encoded) > self.encoded_batches:
-            self._encoded.popitem(last=False)
-        return out
+        return self.recent_encodings((x, mask), lambda: encode_jit(self.encoder_config, self.params, x, mask))
 
     def id_mask(self, ids: Sequence[int]) -> np.ndarray:
         mask = np.zeros(self.decoder_config.vocab_size, bool)

@@ -15,6 +15,7 @@ import pytest
 
 from helpers import FEATURE_LENGTHS, fixed_examples, pretrain_tiny_llm, register_fixed_task, tiny_run
 from slm_jax import configs, eval_lib, gin_utils, train_lib
+from slm_jax.array_memo import ArrayMemo, array_key
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
@@ -334,6 +335,24 @@ def test_eval_from_frozen_encoder_outputs_matches_eval_from_audio(tmp_path):
     assert preds(tmp_path / "b") == preds(tmp_path / "a")
     drop = lambda m: {k: v for k, v in m.items() if k != "examples_per_s"}
     assert drop(from_encoded) == drop(from_audio)
+
+
+def test_array_memo_keys_on_contents_shape_and_dtype():
+    """ArrayMemo returns the remembered result for equal arrays (another object, same contents),
+    computes again for other contents, shapes or dtypes with the same bytes, and forgets the
+    least recently used beyond its size."""
+    memo, calls = ArrayMemo(2), []
+    compute = lambda tag: lambda: (calls.append(tag), tag)[1]  # noqa: E731
+    a = np.arange(6, dtype=np.int32)
+    assert memo((a, None), compute("a")) == "a"
+    assert memo((a.copy(), None), compute("again")) == "a"
+    assert memo((a.reshape(2, 3), None), compute("shape")) == "shape"
+    assert memo((a.view(np.float32), None), compute("dtype")) == "dtype"
+    assert array_key((a, None)) != array_key((a,)) != array_key((a, a))
+    assert memo((a, None), compute("evicted")) == "evicted"     # "a" was the least recently used of three
+    assert calls == ["a", "shape", "dtype", "evicted"]
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        ArrayMemo(0)
 
 
 def test_frozen_encoder_runs_once_per_audio_batch(tmp_path, monkeypatch):
