@@ -1,6 +1,8 @@
 """Results remembered by the contents of the arrays they were computed from: a bounded map,
 least recently used first out. The evaluations' frozen encoders (eval_lib.frozen_encoder,
-WhisperASR) use it to run once per batch of audio that several tasks read."""
+WhisperASR) use it to run once per batch of audio that several tasks read; `array_key` is the
+one digest of array contents every such key uses (also the feature cache's shared audio and the
+Whisper baselines' texts)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -78,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
+from slm_jax.array_memo import array_key
 from slm_jax.data import bucket_bound
 from slm_jax.fingerprint import differences, hash_path, jsonable
 from slm_jax.models.slm import SLM, SLMConfig
@@ -250,7 +250,7 @@ class SharedAudioEncoder:
     def add(self, features: np.ndarray, mask: np.ndarray, tokens: tuple) -> None:
         """Queue one example: its padded features [T, F], feature mask [T] and tokens."""
         valid = _valid_length(mask, "feature")
-        key = hashlib.blake2b(features[:valid].tobytes(), digest_size=16).digest()
+        key = array_key((features[:valid],))
         if key not in self._frames_of and not self._uses[key]:   # neither kept, nor queued / in flight
             self._queue.append((key, features, mask))
         self._waiting.append((key, tokens))

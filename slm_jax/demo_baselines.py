@@ -5,7 +5,6 @@ Whisper's own X -> en translation; the cascade (that ASR -> the text LLM)."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from typing import Any, Iterable, Sequence
@@ -14,6 +13,7 @@ import numpy as np
 import seqio
 
 from slm_jax import metrics
+from slm_jax.array_memo import array_key
 from slm_jax.data import pad_rows
 from slm_jax.eval_lib import EvalConfig, EvalDataCache, score, tokens_to_text
 from slm_jax.task_model import CTCTaskModel, EncDecTaskModel
@@ -157,7 +157,7 @@ class WhisperTexts:
     def __call__(self, features: np.ndarray, mask: np.ndarray, language: str | None,
                  task: str = "transcribe") -> list[str]:
         features, mask = np.asarray(features), np.asarray(mask).astype(bool)
-        keys = [(hashlib.blake2b(np.ascontiguousarray(f[:n]).tobytes(), digest_size=16).digest(), language, task)
+        keys = [(array_key((f[:n],)), language, task)
                 for f, n in zip(features, mask.sum(1))]
         todo = [i for i, k in enumerate(keys) if self.known(k) is None]
         if todo:
