@@ -14,7 +14,9 @@ whose language is None gets the language token the model ranks highest after
 Batching: utterances are sorted by length, cut into batches of `batch_size`, their log-mel
 zero-padded to a multiple of `frame_bucket` frames with a mask (the encoder and the
 cross-attention ignore padded frames, so a row decodes as it would alone), so one compiled
-program serves each (rows, frames) bucket.
+encoder and one compiled decoding program (per beam size and max_new_tokens) serve each (rows,
+frames) bucket. The encoder states of recent batches are kept (`WhisperASR.encode`): a batch
+decoded again for another task reuses them.
 
 Padding with silence. Whisper was trained on 30 s windows; unpadded short utterances (1-6 s)
 often send base into repetition loops that run to max_new_tokens. `pad_seconds` pads each
