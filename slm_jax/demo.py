@@ -50,6 +50,7 @@ from slm_jax import demo_baselines, demo_report, eval_lib, gin_utils, train_lib
 from slm_jax.checkpoints.params_io import load_params
 from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
+from slm_jax.progress import Progress
 from slm_jax.whisper_asr import WhisperASR
 from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
@@ -290,10 +291,12 @@ class Demo:
         whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path))
         with self.slm_stage(self.cfg.main_depth):
             names = self.eval_task_names() + self.fsdd_tasks()
-            out = {}
-            for name in names:
+            out, progress = {}, Progress(len(names), desc="cascade", unit="task")
+            for i, name in enumerate(names):
                 cfg = self.eval_config([name], split="test" if name.startswith("fsdd") else None)
                 out.update(demo_baselines.whisper_scores(whisper, llm, llm_params, [name], cfg, self.eval_data))
+                short = name.removeprefix(self.task(""))
+                progress.report(i + 1, {f"{short}.{k}": v for k, v in out[name].items()})
             return out
 
     def ctc_cascade_scores(self) -> dict:

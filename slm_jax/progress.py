@@ -81,10 +81,11 @@ class MetricsWriter:
 
 class Progress:
     """Rate and ETA. The rate is that of the steps since the previous report (so the first
-    steps' compilation does not drag the ETA for the whole run); a resumed run starts anew."""
+    steps' compilation does not drag the ETA for the whole run); a resumed run starts anew.
+    `unit` names what is counted ("step"; the demo's baselines count tasks)."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, desc: str = "train"):
-        self.total, self.start, self.desc = total_steps, start_step, desc
+    def __init__(self, total_steps: int, start_step: int = 0, desc: str = "train", unit: str = "step"):
+        self.total, self.start, self.desc, self.unit = total_steps, start_step, desc, unit
         self.t0 = time.time()
         self._last = (start_step, self.t0)
 
@@ -95,7 +96,7 @@ class Progress:
         self._last = (step, now)
         eta = (self.total - step) / rate
         parts = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
-        return (f"[{self.desc}] step {step}/{self.total} {rate:.2f} steps/s elapsed "
+        return (f"[{self.desc}] {self.unit} {step}/{self.total} {rate:.2f} {self.unit}s/s elapsed "
                 f"{_fmt_duration(now - self.t0)} ETA {_fmt_duration(eta)} {parts}")
 
     def report(self, step: int, metrics: Mapping[str, float]) -> None:

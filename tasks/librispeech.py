@@ -100,7 +100,8 @@ class LibriSpeechCorpus(common.Corpus):
         if shard_info:
             context = tf.distribute.InputContext(num_input_pipelines=shard_info.num_shards,
                                                  input_pipeline_id=shard_info.index)
-        read_config = tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True, input_context=context)
+        read_config = tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True, input_context=context,
+                                      try_autocache=False)   # see spoken_world: bounded evaluations
         ds = self.builder().as_dataset(split=self.split_map[split], shuffle_files=shuffle, read_config=read_config)
         return ds.map(lambda ex: {"audio": ex["speech"], "id": ex["id"], "language": tf.constant("en"),
                                   "text": tf.strings.lower(ex["text"])})

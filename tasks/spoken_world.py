@@ -340,7 +340,9 @@ class SpokenWorldCorpus(common.Corpus):
 
     def load(self, split, *, shuffle, seed, shard_info):
         self.check_split(split)
-        read_config = tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True)
+        # no autocache: a bounded evaluation reads only the first examples, and tf.data discards (and
+        # warns about) a cache its reader did not finish
+        read_config = tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True, try_autocache=False)
         if shard_info:
             read_config.input_context = tf.distribute.InputContext(
                 num_input_pipelines=shard_info.num_shards, input_pipeline_id=shard_info.index)

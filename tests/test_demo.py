@@ -5,6 +5,8 @@ scored, the report written (checks in tests/demo_checks.py)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,9 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
     assert all(np.isfinite(own)) and np.mean(own) < 0.9, own
     assert all(rep["cascade"][f"spoken_world_tiny_ast_{p}"]["whisper_bleu"] > 0 for p in ("fr_en", "de_en", "es_en"))
     assert 0 < rep["param_counts"]["trainable_fraction"] < 0.02
+    # the Whisper baselines report progress task by task, the last line naming every task done
+    done = re.findall(r"\[cascade\] task (\d+)/(\d+) .*ETA", quick_run[1])
+    assert done and done[-1][0] == done[-1][1] and len(done) == int(done[-1][1]), done
 
 
 def test_quick_demo_stages_are_cached(quick_run):

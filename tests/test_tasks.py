@@ -500,3 +500,14 @@ def test_char_asr_targets_are_the_utf8_text(data_dir):
         n += 1
     assert n == spoken_world.CONFIGS["tiny"].train_items
     assert "spoken_world_tiny_asr_chars" in seqio.MixtureRegistry.names()
+
+
+def test_corpus_does_not_autocache_a_split(data_dir):
+    """A bounded evaluation reads only the first examples of a split. Were the split autocached
+    in memory (TFDS does so for small datasets), tf.data would discard the unfinished cache and
+    warn on every evaluation (the tests silence TF's C++ log, so the dataset graph is checked)."""
+    corpus = seqio.get_mixture_or_task("spoken_world_tiny_asr_en").source.corpus
+    ds = corpus.load("test", shuffle=False, seed=None, shard_info=None)
+    assert b"CacheDataset" not in ds._as_serialized_graph().numpy()
+    first = list(ds.take(1).as_numpy_iterator())
+    assert len(first) == 1 and first[0]["audio"].size > 0
