@@ -281,6 +281,12 @@ class Demo:
         log("LLM text scores: " + ", ".join(f"{k.split('_', 3)[-1]}={list(v.values())[0]:.3g}" for k, v in out.items()))
         return out
 
+    def majority_scores(self) -> dict:
+        """Each instruction task's most-frequent-answer rate on the utterances the SLM is scored on."""
+        with self.slm_stage(self.cfg.main_depth):
+            names = [self.task(n) for n in INSTRUCT]
+            return demo_baselines.majority_scores(names, self.eval_config(names))
+
     def cascade_scores(self) -> dict:
         """The speech foundation's own ASR -> text LLM on the utterances the SLM is scored on."""
         return self.whisper_cascade_scores() if self.whisper else self.ctc_cascade_scores()
@@ -349,6 +355,7 @@ class Demo:
                 "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
                                            untrained=True),
                 "cascade": self.cached("cascade", self.cascade_scores),
+                "majority": self.cached("majority", self.majority_scores),
                 "text_after": self.cached("llm_text_after", self.text_scores)}
 
     def fsdd_tasks(self) -> list[str]:

@@ -67,6 +67,18 @@ def text_scores(model: EncDecTaskModel, params: Any, names: Iterable[str], cfg: 
     return out
 
 
+def majority_scores(names: Iterable[str], cfg: EvalConfig) -> dict:
+    """The floor of each exact-match task: always giving its most frequent answer, on the
+    utterances cfg scores (cfg.split's first cfg.max_examples). {name: {"exact_match": rate,
+    "answer": that answer}}: a yes/no task sits near 50% whatever a system understands."""
+    out = {}
+    for name in names:
+        answers = [g for _, _, g in text_examples(name, cfg.split, limit=cfg.max_examples)]
+        top = max(set(answers), key=lambda a: (answers.count(a), a)) if answers else ""
+        out[name] = {"exact_match": answers.count(top) / max(len(answers), 1), "answer": top}
+    return out
+
+
 def full_width(batch: dict, rows: int, frames: int) -> dict:
     """A batch padded to `rows` rows and `frames` speech frames (zeros, mask 0): one compiled
     CTC program for every length bucket."""

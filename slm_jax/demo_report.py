@@ -79,12 +79,17 @@ def asr_ast_table(rep: Mapping[str, Any]) -> list[str]:
 def zero_shot_tables(rep: Mapping[str, Any]) -> list[str]:
     world = rep["meta"]["world"]
     lines = ["## Zero-shot instruction following (never trained with speech)\n",
-             "| task | speech (SLM) | text (LLM) | cascade | speech / text |", "|---|---|---|---|---|"]
+             "Most frequent answer: the score of always giving the scored utterances' commonest answer "
+             "(a system at that level has learned nothing of the task).\n",
+             "| task | speech (SLM) | text (LLM) | cascade | speech / text | most frequent answer |",
+             "|---|---|---|---|---|---|"]
     for n in INSTRUCT:
-        s, x, k = (value(rep[part].get(task_name(world, n), {}), "exact_match")
-                   for part in ("zero_shot", "text_after", "cascade"))
+        s, x, k, m = (value(rep.get(part, {}).get(task_name(world, n), {}), "exact_match")
+                      for part in ("zero_shot", "text_after", "cascade", "majority"))
+        answer = rep.get("majority", {}).get(task_name(world, n), {}).get("answer")
         lines.append(f"| {n} | {fmt(s, True)} | {fmt(x, True)} | {fmt(k, True)} | "
-                     f"{fmt(s / x if x else float('nan'), True)} |")
+                     f"{fmt(s / x if x else float('nan'), True)} | {fmt(m, True)}"
+                     + (f' ("{answer}")' if answer is not None else "") + " |")
     lines += ["", "## Contextual biasing ASR (sentences; WER)\n",
               "| language | with bias list | without | text input with list |", "|---|---|---|---|"]
     for lang, nolist in zip(LANGS, rep["meta"]["nolist_tasks"]):

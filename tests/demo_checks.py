@@ -73,6 +73,21 @@ def check_report_and_frozen_llm(run_dir: Path, stdout: str) -> dict:
     assert rep["text_before"] == rep["text_after"]
     assert 0 < rep["param_counts"]["trainable_fraction"] < 0.5
     assert "ETA" in stdout
+    # the most-frequent-answer floor of each instruction task: the commonest target's share of
+    # the targets the SLM was scored on (read back from its predictions file)
+    assert "most frequent answer" in md
+    checked = 0
+    for n in ("qa", "digits", "compare", "add"):
+        name = f"spoken_world_tiny_{n}"
+        files = list((run_dir / "slm_depth2" / "eval").glob(f"{name}_zeroshot_step*.jsonl"))
+        assert len(files) == 1, files
+        targets = [json.loads(x)["target"] for x in open(files[0])]
+        top = max((targets.count(t) for t in targets), default=0)
+        if targets:
+            assert rep["majority"][name]["exact_match"] == pytest.approx(top / len(targets)), name
+            assert targets.count(rep["majority"][name]["answer"]) == top, name
+            checked += 1
+    assert checked >= 2, checked
     # the adapters trained from the frozen encoder's feature cache: every example of the
     # ASR + AST mixture's tasks, once
     manifest = json.loads((run_dir / "feature_cache" / "spoken_world_tiny_asr_ast" / "train" / "manifest.json")
