@@ -68,8 +68,10 @@ def merge_params(trainable: Params, frozen: Params) -> dict:
 @gin.configurable
 def make_schedule(learning_rate: float = 1e-3, warmup_steps: int | None = None, total_steps: int = 1000,
                   decay: str = "cosine", end_fraction: float = 0.0,
-                  warmup_fraction: float | None = None) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, then `decay` in cosine / linear / rsqrt / constant.
+                  warmup_fraction: float | None = None, decay_fraction: float = 0.2) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then `decay` in cosine / linear / rsqrt / constant /
+    wsd (warmup-stable-decay: constant, then linear to end_fraction over the last
+    `decay_fraction` of total_steps, rounded).
 
     The warmup is `warmup_steps` long, or `warmup_fraction` of `total_steps` (rounded), so runs
     of different lengths under one config warm up alike; neither set: 100 steps."""
@@ -93,8 +95,15 @@ def make_schedule(learning_rate: float = 1e-3, warmup_steps: int | None = None, 
         after = lambda s: learning_rate * jnp.sqrt(max(warmup_steps, 1) / (s + max(warmup_steps, 1)))  # noqa: E731
     elif decay == "constant":
         after = optax.constant_schedule(learning_rate)
+    elif decay == "wsd":
+        if not 0.0 < decay_fraction <= 1.0:
+            raise ValueError(f"make_schedule.decay_fraction must lie in (0, 1], got {decay_fraction}")
+        tail = min(max(round(decay_fraction * total_steps), 1), rest)
+        after = optax.join_schedules([optax.constant_schedule(learning_rate),
+                                      optax.linear_schedule(learning_rate, learning_rate * end_fraction, tail)],
+                                     [rest - tail])
     else:
-        raise ValueError(f"make_schedule.decay must be cosine/linear/rsqrt/constant, got {decay!r}")
+        raise ValueError(f"make_schedule.decay must be cosine/linear/rsqrt/constant/wsd, got {decay!r}")
     return optax.join_schedules([warm, after], [warmup_steps])
 
 

@@ -288,6 +288,20 @@ def test_schedule_warmup_as_a_fraction_of_the_run():
         make_schedule(lr, total_steps=total, warmup_fraction=1.5)
 
 
+def test_schedule_warmup_stable_decay():
+    """decay="wsd": the warmup ramp, the peak held, then a linear decay to end_fraction over the
+    last decay_fraction of the run (checked against numpy); a fraction outside (0, 1] is an error."""
+    lr, total = 3e-3, 600
+    got = np.array([float(make_schedule(lr, warmup_steps=60, total_steps=total, decay="wsd", decay_fraction=0.25,
+                                        end_fraction=0.1)(i)) for i in range(total + 1)])
+    steps = np.arange(total + 1)
+    want = np.where(steps < 60, lr * steps / 60,
+                    np.where(steps < 450, lr, lr * (1 - 0.9 * np.minimum(steps - 450, 150) / 150)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="decay_fraction must lie in"):
+        make_schedule(lr, total_steps=total, decay="wsd", decay_fraction=0.0)
+
+
 def test_tiny_slm_overfits_fixed_examples_to_zero_wer(tmp_path, tiny_llm):
     task = register_fixed_task()
     llm = f"RunConfig.llm_checkpoint='{tiny_llm}'"
