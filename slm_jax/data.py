@@ -164,10 +164,13 @@ def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", 
     if speech_buckets and num_shards > 1:
         raise ValueError("get_batches: speech_buckets needs a single input shard (num_shards=1); "
                          "hosts would otherwise build batches of different shapes")
-    ds = seqio.get_dataset(
-        mixture_or_task_name, task_feature_lengths=dict(feature_lengths), feature_converter=SLMFeatureConverter(),
-        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed, verbose=False,
-        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
+    # SeqIO keeps a small task's examples in memory, which pays off over epochs; a bounded read
+    # would leave that cache unfinished, and tf.data discards it with a warning each time
+    ds = seqio.get_mixture_or_task(mixture_or_task_name).get_dataset(
+        dict(feature_lengths), split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+        try_in_mem_cache=max_examples is None)
+    ds = SLMFeatureConverter()(ds, task_feature_lengths=dict(feature_lengths))
     local = batch_size // num_shards
     if max_examples is not None:
         ds = ds.take(max_examples)

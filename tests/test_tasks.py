@@ -8,6 +8,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from slm_jax.data import bucket_bound, get_batches
 from tasks import common, fsdd, local_manifest, paths, spoken_world, vocab, world_text
 
 LENGTHS = {"speech": 800, "instruction": 48, "targets": 48}
+REPO = Path(__file__).resolve().parents[1]
 EOS = 1
 
 
@@ -500,6 +504,21 @@ def test_char_asr_targets_are_the_utf8_text(data_dir):
         n += 1
     assert n == spoken_world.CONFIGS["tiny"].train_items
     assert "spoken_world_tiny_asr_chars" in seqio.MixtureRegistry.names()
+
+
+def test_bounded_read_warns_of_no_unfinished_cache(data_dir):
+    """get_batches with max_examples reads the first examples of a split; neither SeqIO nor the
+    corpus may cache the split in memory on the way, or tf.data discards the unfinished cache
+    with a warning on every bounded evaluation. Run with TF's C++ log on (the tests silence it)."""
+    code = ("from slm_jax.data import get_batches; import tasks, gc\n"
+            "b = get_batches('spoken_world_tiny_asr_en', 'test', feature_lengths=%r, batch_size=2, shuffle=False,"
+            " num_epochs=1, max_examples=2)\n"
+            "print('rows', sum(x['features'].shape[0] for x in b)); del b; gc.collect()\n" % LENGTHS)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows 2" in proc.stdout
+    assert "did not fully read the dataset being cached" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_corpus_does_not_autocache_a_split(data_dir):
