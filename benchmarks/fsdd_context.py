@@ -1,0 +1,98 @@
+"""A trained demo SLM on FSDD with each evaluation batch's clips sharing Whisper's encoder window.
+
+The report encodes every FSDD clip alone, followed by 1 s of log-mel silence. Here the clips of
+each evaluation batch (32, in the task's order: spread over speakers and digits) are packed
+into windows of `--window` log-mel frames, each clip followed by its own log-mel floor for about
+1 s (100-107 frames, so each clip starts on an adapter position), and encoded together; each
+clip's frames are then cut out and scored through the adapter and LLM as the report scores them.
+With `--window 250` a window holds one clip: the report's condition, up to the extra second of
+silence the encoder adds after every window. The context is other test clips, so a clip's answer
+depends on the others in its window: a measurement of what context does, not the report's
+protocol (benchmarks/README.md, "FSDD clips in context"). Predictions and metrics are written
+beside the run's own, under RUN_DIR/slm_depth<d>/eval/ with the tag `_fsdd_window<N>`.
+
+    python benchmarks/fsdd_context.py RUN_DIR [--depth 2] [--window 250 1000 3000] [--gin.BINDING ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from slm_jax import demo, eval_lib, gin_utils, train_lib
+from slm_jax.cached_features import jitted_encoder
+from slm_jax.models.whisper import SILENCE_BELOW_MAX
+
+SILENCE = 100   # log-mel frames after each clip (1 s), rounded up to a multiple of the 8 frames per adapter position
+
+
+def packed_encoder(encode, params, window: int):
+    """(batch -> the batch with `encoded_speech` / `encoded_mask` from its clips packed in
+    windows, the list it appends each window's clip count to)."""
+    sizes: list[int] = []
+
+    def apply(batch: dict) -> dict:
+        feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
+        lengths = mask.sum(1).astype(int)
+        segments = []
+        for f, n in zip(feats, lengths):
+            pad = SILENCE + (-(n + SILENCE)) % 8
+            segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
+        windows, where, current, pos = [], [], [], 0
+        for seg in segments:
+            if current and pos + len(seg) > window:
+                windows.append(np.concatenate(current))
+                current, pos = [], 0
+            where.append((len(windows), pos))
+            current.append(seg)
+            pos += len(seg)
+        windows.append(np.concatenate(current))
+        sizes.extend(np.bincount([w for w, _ in where]).tolist())
+        x = np.zeros((len(windows), window, feats.shape[2]), np.float32)
+        xm = np.zeros((len(windows), window), np.int32)
+        for w, win in enumerate(windows):
+            x[w, :len(win)], xm[w, :len(win)] = win, 1
+        hidden = np.asarray(encode(params, x, xm)[0])
+        # valid adapter positions of a clip alone: ceil(ceil(n / 2) / 4), as the encoder's masks give
+        counts = [-(-(-(-int(n) // 2)) // 4) for n in lengths]
+        out = np.zeros((len(segments), max(counts), hidden.shape[2]), hidden.dtype)
+        out_mask = np.zeros((len(segments), max(counts)), bool)
+        for i, ((w, p), c) in enumerate(zip(where, counts)):
+            out[i, :c], out_mask[i, :c] = hidden[w, p // 8:p // 8 + c], True
+        rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
+        return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
+    return apply, sizes
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--window", type=int, nargs="+", default=[250, 1000, 3000], help="log-mel frames per window")
+    args, rest = p.parse_known_args()
+    run_dir = os.path.abspath(args.run_dir)
+    gin_utils.parse_argv(["--gin_file=gin/runs/demo.gin", f"--gin.DemoConfig.run_dir='{run_dir}'",
+                          f"--gin.DemoConfig.depths=[{args.depth}]", *rest])
+    d = demo.Demo(demo.DemoConfig())
+    d.speech_foundation()
+    with d.slm_stage(args.depth):
+        s = train_lib.setup(train_lib.RunConfig())
+    s.checkpointer.close()
+    encode = jitted_encoder(s.model.config)
+    print("| encoder window | clips per window (mean) | FSDD digit accuracy | fsdd_asr_en WER |\n|---|---|---|---|")
+    for window in args.window:
+        encoder, sizes = packed_encoder(encode, s.frozen["speech_encoder"], window)
+        data = eval_lib.EvalDataCache(encoder=encoder)
+        with d.slm_stage(args.depth):
+            cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_window{window}")
+            res = eval_lib.evaluate_run(train_lib.RunConfig(), cfg, data)
+        print(f"| {window} frames ({window / 100:.1f} s) | {np.mean(sizes):.1f} | "
+              f"{res['fsdd_digits']['exact_match']:.1%} | {res['fsdd_asr_en']['wer']:.1%} |", flush=True)
+        print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
