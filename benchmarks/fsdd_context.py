@@ -11,7 +11,11 @@ depends on the others in its window: a measurement of what context does, not the
 protocol (benchmarks/README.md, "FSDD clips in context"). Predictions and metrics are written
 beside the run's own, under RUN_DIR/slm_depth<d>/eval/ with the tag `_fsdd_window<N>`.
 
-    python benchmarks/fsdd_context.py RUN_DIR [--depth 2] [--window 250 1000 3000] [--gin.BINDING ...]
+With `--copies K`, each clip is instead encoded alone in its own window, K times in a row, and
+the copies' frames are averaged: context from the clip itself, nothing else from the test set.
+
+    python benchmarks/fsdd_context.py RUN_DIR [--depth 2] [--window 250 1000 3000] [--copies 1 2 3]
+        [--gin.BINDING ...]
 """
 
 from __future__ import annotations
@@ -67,11 +71,43 @@ def packed_encoder(encode, params, window: int):
     return apply, sizes
 
 
+def copies_encoder(encode, params, copies: int):
+    """batch -> the batch with `encoded_speech` / `encoded_mask` from each clip encoded alone, in
+    its own window, `copies` times in a row (each copy + ~1 s of its log-mel floor), the copies'
+    adapter-input frames averaged position by position: context from the clip itself only."""
+
+    def apply(batch: dict) -> dict:
+        feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
+        lengths = mask.sum(1).astype(int)
+        segments = []
+        for f, n in zip(feats, lengths):
+            pad = SILENCE + (-(n + SILENCE)) % 8
+            segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
+        frames = -(-max(len(seg) for seg in segments) * copies // 100) * 100
+        x = np.zeros((len(segments), frames, feats.shape[2]), np.float32)
+        xm = np.zeros((len(segments), frames), np.int32)
+        for i, seg in enumerate(segments):
+            x[i, :len(seg) * copies], xm[i, :len(seg) * copies] = np.concatenate([seg] * copies), 1
+        hidden = np.asarray(encode(params, x, xm)[0])
+        counts = [-(-(-(-int(n) // 2)) // 4) for n in lengths]
+        out = np.zeros((len(segments), max(counts), hidden.shape[2]), hidden.dtype)
+        out_mask = np.zeros((len(segments), max(counts)), bool)
+        for i, (seg, c) in enumerate(zip(segments, counts)):
+            step = len(seg) // 8
+            out[i, :c] = np.mean([hidden[i, k * step:k * step + c] for k in range(copies)], 0)
+            out_mask[i, :c] = True
+        rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
+        return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
+    return apply
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--window", type=int, nargs="+", default=[250, 1000, 3000], help="log-mel frames per window")
+    p.add_argument("--copies", type=int, nargs="*", default=[1, 2, 3],
+                   help="also each clip alone, repeated this many times, copies averaged")
     args, rest = p.parse_known_args()
     run_dir = os.path.abspath(args.run_dir)
     gin_utils.parse_argv(["--gin_file=gin/runs/demo.gin", f"--gin.DemoConfig.run_dir='{run_dir}'",
@@ -92,6 +128,14 @@ def main():
         print(f"| {window} frames ({window / 100:.1f} s) | {np.mean(sizes):.1f} | "
               f"{res['fsdd_digits']['exact_match']:.1%} | {res['fsdd_asr_en']['wer']:.1%} |", flush=True)
         print(json.dumps(res))
+    print("\n| each clip alone, encoded | FSDD digit accuracy | fsdd_asr_en WER |\n|---|---|---|")
+    for copies in args.copies:
+        data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, s.frozen["speech_encoder"], copies))
+        with d.slm_stage(args.depth):
+            cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_copies{copies}")
+            res = eval_lib.evaluate_run(train_lib.RunConfig(), cfg, data)
+        print(f"| {copies} time(s), copies averaged | {res['fsdd_digits']['exact_match']:.1%} | "
+              f"{res['fsdd_asr_en']['wer']:.1%} |", flush=True)
 
 
 if __name__ == "__main__":
