@@ -12,10 +12,11 @@ protocol (benchmarks/README.md, "FSDD clips in context"). Predictions and metric
 beside the run's own, under RUN_DIR/slm_depth<d>/eval/ with the tag `_fsdd_window<N>`.
 
 With `--copies K`, each clip is instead encoded alone in its own window, K times in a row, and
-the copies' frames are averaged: context from the clip itself, nothing else from the test set.
+the copies' frames are averaged: context from the clip itself, nothing else from the test set;
+`--world` scores the world's held-out-voice ASR tasks the same way (the adapter's own domain).
 
     python benchmarks/fsdd_context.py RUN_DIR [--depth 2] [--window 250 1000 3000] [--copies 1 2 3]
-        [--gin.BINDING ...]
+        [--world] [--gin.BINDING ...]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from slm_jax import demo, eval_lib, gin_utils, train_lib
 from slm_jax.cached_features import jitted_encoder
+from slm_jax.demo_report import LANGS
 from slm_jax.models.whisper import SILENCE_BELOW_MAX
 
 SILENCE = 100   # log-mel frames after each clip (1 s), rounded up to a multiple of the 8 frames per adapter position
@@ -108,6 +110,8 @@ def main():
     p.add_argument("--window", type=int, nargs="+", default=[250, 1000, 3000], help="log-mel frames per window")
     p.add_argument("--copies", type=int, nargs="*", default=[1, 2, 3],
                    help="also each clip alone, repeated this many times, copies averaged")
+    p.add_argument("--world", action="store_true",
+                   help="with --copies: also the world's held-out-voice ASR tasks encoded that way")
     args, rest = p.parse_known_args()
     run_dir = os.path.abspath(args.run_dir)
     gin_utils.parse_argv(["--gin_file=gin/runs/demo.gin", f"--gin.DemoConfig.run_dir='{run_dir}'",
@@ -128,14 +132,22 @@ def main():
         print(f"| {window} frames ({window / 100:.1f} s) | {np.mean(sizes):.1f} | "
               f"{res['fsdd_digits']['exact_match']:.1%} | {res['fsdd_asr_en']['wer']:.1%} |", flush=True)
         print(json.dumps(res))
-    print("\n| each clip alone, encoded | FSDD digit accuracy | fsdd_asr_en WER |\n|---|---|---|")
+    print("\n| each clip alone, encoded | FSDD digit accuracy | fsdd_asr_en WER |"
+          + (" world ASR WER en / fr / de / es, mean |\n|---|---|---|---|" if args.world else "\n|---|---|---|"))
     for copies in args.copies:
         data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, s.frozen["speech_encoder"], copies))
         with d.slm_stage(args.depth):
             cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_copies{copies}")
             res = eval_lib.evaluate_run(train_lib.RunConfig(), cfg, data)
-        print(f"| {copies} time(s), copies averaged | {res['fsdd_digits']['exact_match']:.1%} | "
-              f"{res['fsdd_asr_en']['wer']:.1%} |", flush=True)
+        line = f"| {copies} time(s), copies averaged | {res['fsdd_digits']['exact_match']:.1%} | {res['fsdd_asr_en']['wer']:.1%} |"
+        if args.world:
+            names = [d.task(f"asr_{lang}") for lang in LANGS]
+            with d.slm_stage(args.depth):
+                world = eval_lib.evaluate_run(train_lib.RunConfig(), d.eval_config(names, None, f"_world_copies{copies}"),
+                                              data)
+            wers = [world[n]["wer"] for n in names]
+            line += " " + " / ".join(f"{w:.1%}" for w in wers) + f", mean {np.mean(wers):.1%} |"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
