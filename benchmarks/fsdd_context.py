@@ -35,18 +35,36 @@ from slm_jax.models.whisper import SILENCE_BELOW_MAX
 SILENCE = 100   # log-mel frames after each clip (1 s), rounded up to a multiple of the 8 frames per adapter position
 
 
+def clip_segments(batch: dict) -> tuple[list[np.ndarray], list[int]]:
+    """Each clip's valid log-mel frames followed by ~1 s of its floor (SILENCE frames, rounded up so
+    the next segment starts on an adapter position), and each clip's valid adapter positions when
+    encoded alone: ceil(ceil(n / 2) / 4), as the encoder's masks give."""
+    feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
+    segments, counts = [], []
+    for f, n in zip(feats, mask.sum(1).astype(int)):
+        pad = SILENCE + (-(n + SILENCE)) % 8
+        segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
+        counts.append(-(-(-(-int(n) // 2)) // 4))
+    return segments, counts
+
+
+def encoded_batch(batch: dict, frames: list[np.ndarray], counts: list[int]) -> dict:
+    """The batch with each clip's adapter-input `frames` (its first `counts` positions) in place of its audio."""
+    out = np.zeros((len(frames), max(counts), frames[0].shape[-1]), frames[0].dtype)
+    out_mask = np.zeros((len(frames), max(counts)), bool)
+    for i, (f, c) in enumerate(zip(frames, counts)):
+        out[i, :c], out_mask[i, :c] = f[:c], True
+    rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
+    return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
+
+
 def packed_encoder(encode, params, window: int):
     """(batch -> the batch with `encoded_speech` / `encoded_mask` from its clips packed in
     windows, the list it appends each window's clip count to)."""
     sizes: list[int] = []
 
     def apply(batch: dict) -> dict:
-        feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
-        lengths = mask.sum(1).astype(int)
-        segments = []
-        for f, n in zip(feats, lengths):
-            pad = SILENCE + (-(n + SILENCE)) % 8
-            segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
+        segments, counts = clip_segments(batch)
         windows, where, current, pos = [], [], [], 0
         for seg in segments:
             if current and pos + len(seg) > window:
@@ -57,19 +75,12 @@ def packed_encoder(encode, params, window: int):
             pos += len(seg)
         windows.append(np.concatenate(current))
         sizes.extend(np.bincount([w for w, _ in where]).tolist())
-        x = np.zeros((len(windows), window, feats.shape[2]), np.float32)
+        x = np.zeros((len(windows), window, segments[0].shape[1]), np.float32)
         xm = np.zeros((len(windows), window), np.int32)
         for w, win in enumerate(windows):
             x[w, :len(win)], xm[w, :len(win)] = win, 1
         hidden = np.asarray(encode(params, x, xm)[0])
-        # valid adapter positions of a clip alone: ceil(ceil(n / 2) / 4), as the encoder's masks give
-        counts = [-(-(-(-int(n) // 2)) // 4) for n in lengths]
-        out = np.zeros((len(segments), max(counts), hidden.shape[2]), hidden.dtype)
-        out_mask = np.zeros((len(segments), max(counts)), bool)
-        for i, ((w, p), c) in enumerate(zip(where, counts)):
-            out[i, :c], out_mask[i, :c] = hidden[w, p // 8:p // 8 + c], True
-        rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
-        return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
+        return encoded_batch(batch, [hidden[w, p // 8:p // 8 + c] for (w, p), c in zip(where, counts)], counts)
     return apply, sizes
 
 
@@ -79,27 +90,16 @@ def copies_encoder(encode, params, copies: int):
     adapter-input frames averaged position by position: context from the clip itself only."""
 
     def apply(batch: dict) -> dict:
-        feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
-        lengths = mask.sum(1).astype(int)
-        segments = []
-        for f, n in zip(feats, lengths):
-            pad = SILENCE + (-(n + SILENCE)) % 8
-            segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
+        segments, counts = clip_segments(batch)
         frames = -(-max(len(seg) for seg in segments) * copies // 100) * 100
-        x = np.zeros((len(segments), frames, feats.shape[2]), np.float32)
+        x = np.zeros((len(segments), frames, segments[0].shape[1]), np.float32)
         xm = np.zeros((len(segments), frames), np.int32)
         for i, seg in enumerate(segments):
             x[i, :len(seg) * copies], xm[i, :len(seg) * copies] = np.concatenate([seg] * copies), 1
         hidden = np.asarray(encode(params, x, xm)[0])
-        counts = [-(-(-(-int(n) // 2)) // 4) for n in lengths]
-        out = np.zeros((len(segments), max(counts), hidden.shape[2]), hidden.dtype)
-        out_mask = np.zeros((len(segments), max(counts)), bool)
-        for i, (seg, c) in enumerate(zip(segments, counts)):
-            step = len(seg) // 8
-            out[i, :c] = np.mean([hidden[i, k * step:k * step + c] for k in range(copies)], 0)
-            out_mask[i, :c] = True
-        rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
-        return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
+        return encoded_batch(batch, [np.mean([hidden[i, k * (len(seg) // 8):k * (len(seg) // 8) + c]
+                                              for k in range(copies)], 0)
+                                     for i, (seg, c) in enumerate(zip(segments, counts))], counts)
     return apply
 
 
