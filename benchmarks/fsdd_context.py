@@ -58,6 +58,15 @@ def encoded_batch(batch: dict, frames: list[np.ndarray], counts: list[int]) -> d
     return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
 
 
+def padded(windows: list[np.ndarray], frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel windows zero-padded to `frames` frames, with their masks."""
+    x = np.zeros((len(windows), frames, windows[0].shape[1]), np.float32)
+    mask = np.zeros((len(windows), frames), np.int32)
+    for i, win in enumerate(windows):
+        x[i, :len(win)], mask[i, :len(win)] = win, 1
+    return x, mask
+
+
 def packed_encoder(encode, params, window: int):
     """(batch -> the batch with `encoded_speech` / `encoded_mask` from its clips packed in
     windows, the list it appends each window's clip count to)."""
@@ -75,11 +84,7 @@ def packed_encoder(encode, params, window: int):
             pos += len(seg)
         windows.append(np.concatenate(current))
         sizes.extend(np.bincount([w for w, _ in where]).tolist())
-        x = np.zeros((len(windows), window, segments[0].shape[1]), np.float32)
-        xm = np.zeros((len(windows), window), np.int32)
-        for w, win in enumerate(windows):
-            x[w, :len(win)], xm[w, :len(win)] = win, 1
-        hidden = np.asarray(encode(params, x, xm)[0])
+        hidden = np.asarray(encode(params, *padded(windows, window))[0])
         return encoded_batch(batch, [hidden[w, p // 8:p // 8 + c] for (w, p), c in zip(where, counts)], counts)
     return apply, sizes
 
@@ -92,11 +97,7 @@ def copies_encoder(encode, params, copies: int):
     def apply(batch: dict) -> dict:
         segments, counts = clip_segments(batch)
         frames = -(-max(len(seg) for seg in segments) * copies // 100) * 100
-        x = np.zeros((len(segments), frames, segments[0].shape[1]), np.float32)
-        xm = np.zeros((len(segments), frames), np.int32)
-        for i, seg in enumerate(segments):
-            x[i, :len(seg) * copies], xm[i, :len(seg) * copies] = np.concatenate([seg] * copies), 1
-        hidden = np.asarray(encode(params, x, xm)[0])
+        hidden = np.asarray(encode(params, *padded([np.concatenate([seg] * copies) for seg in segments], frames))[0])
         return encoded_batch(batch, [np.mean([hidden[i, k * (len(seg) // 8):k * (len(seg) // 8) + c]
                                               for k in range(copies)], 0)
                                      for i, (seg, c) in enumerate(zip(segments, counts))], counts)

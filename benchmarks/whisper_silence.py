@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -145,49 +146,54 @@ def four_languages(base, params, test, y_test, espeak, flite, takes: int, lam: f
 GAP_S = 1.0   # silence after each clip in a window, seconds
 
 
-def states_in_windows(base, params, windows, spans) -> list[np.ndarray]:
-    """Mean encoder state over each span: `windows` are 16 kHz audio encoded whole (no added
-    silence, up to 30 s), `spans[i]` the (window, start sample, end sample) of clip i."""
+def window_encoder(base, params):
+    """(windows, spans) -> the mean encoder state over each span: windows are 16 kHz audio encoded
+    whole (no added silence, up to 30 s), a span is (window, start sample, end sample)."""
     cfg = dataclasses.replace(base, silence_frames=0)
     enc = jax.jit(lambda x, m: WhisperEncoder(cfg).apply({"params": params}, x, m)[0])
-    states = []
-    for pcm in windows:
-        feats = whisper_log_mel(pcm, SAMPLE_RATE, cfg.num_mel_bins)
-        t = 1000 if len(feats) <= 1000 else 3000
-        x = np.zeros((1, t, cfg.num_mel_bins), np.float32)
-        x[0, :min(len(feats), t)] = feats[:t]
-        states.append(np.asarray(enc(x, (np.arange(t) < min(len(feats), t))[None]))[0])
     per_state = SAMPLE_RATE // 50   # Whisper's encoder: 50 states per second
-    return [states[w][a // per_state:max(a // per_state + 1, b // per_state)].mean(0) for w, a, b in spans]
+
+    def pooled(windows, spans) -> list[np.ndarray]:
+        states = []
+        for pcm in windows:
+            feats = whisper_log_mel(pcm, SAMPLE_RATE, cfg.num_mel_bins)
+            t = 1000 if len(feats) <= 1000 else 3000
+            x = np.zeros((1, t, cfg.num_mel_bins), np.float32)
+            x[0, :min(len(feats), t)] = feats[:t]
+            states.append(np.asarray(enc(x, (np.arange(t) < min(len(feats), t))[None]))[0])
+        return [states[w][a // per_state:max(a // per_state + 1, b // per_state)].mean(0) for w, a, b in spans]
+    return pooled
 
 
-def packed(clips, window_s: float, seed: int, context: np.ndarray | None = None, copies: int = 1):
-    """(windows, spans): the clips in a shuffled order, each followed by GAP_S of silence, as many
-    per window as fit `window_s`; or (`context`) each clip alone after that audio and a gap; or
-    (`copies`) each clip alone, repeated, with every copy's span listed (averaged by the caller)."""
-    gap = np.zeros(int(GAP_S * SAMPLE_RATE), np.float32)
-    windows, spans = [], []
-    if context is not None or copies > 1:
-        lead = [] if context is None else [context, gap]
-        for c in clips:
-            start = sum(len(x) for x in lead)
-            windows.append(np.concatenate(lead + [c, gap] * copies))
-            spans.append([(len(windows) - 1, start + k * (len(c) + len(gap)), start + k * (len(c) + len(gap)) + len(c))
-                          for k in range(copies)])
-        return windows, spans
+def gap() -> np.ndarray:
+    return np.zeros(int(GAP_S * SAMPLE_RATE), np.float32)
+
+
+def each_alone(clips, lead: Sequence[np.ndarray] = (), copies: int = 1):
+    """(windows, spans): each clip in its own window after `lead` audio (and a gap when there is
+    some), `copies` times, each copy followed by a gap; every copy's span listed."""
+    lead = [*lead, gap()] if lead else []
+    start, step = sum(len(x) for x in lead), [len(c) + len(gap()) for c in clips]
+    windows = [np.concatenate(lead + [c, gap()] * copies) for c in clips]
+    spans = [[(i, start + k * step[i], start + k * step[i] + len(c)) for k in range(copies)]
+             for i, c in enumerate(clips)]
+    return windows, spans
+
+
+def packed(clips, window_s: float, seed: int):
+    """(windows, spans): the clips in a shuffled order, each followed by a gap, as many per window
+    as fit `window_s`."""
     order = list(range(len(clips)))
     random.Random(seed).shuffle(order)
-    spans = [None] * len(clips)
-    current, pos = [], 0
-    for i in order + [None]:
-        if i is None or (current and pos + len(clips[i]) + len(gap) > window_s * SAMPLE_RATE):
+    windows, spans, current, pos = [], [None] * len(clips), [], 0
+    for i in order:
+        if current and pos + len(clips[i]) + len(gap()) > window_s * SAMPLE_RATE:
             windows.append(np.concatenate(current))
             current, pos = [], 0
-        if i is None:
-            break
         spans[i] = [(len(windows), pos, pos + len(clips[i]))]
-        current += [clips[i], gap]
-        pos += len(clips[i]) + len(gap)
+        current += [clips[i], gap()]
+        pos += len(clips[i]) + len(gap())
+    windows.append(np.concatenate(current))
     return windows, spans
 
 
@@ -195,14 +201,16 @@ def in_context(base, params, test, y_test, espeak, flite, takes: int, lam: float
     """The 40-class probe with clips placed in other audio before encoding (see benchmarks/README.md,
     "FSDD clips in context"): repeated, after a fixed synthetic sentence, or packed with other clips."""
     audios, labels = world_digits(espeak, flite, takes)
+    pooled = window_encoder(base, params)
 
-    def states(clips, windows_spans):
-        flat = [s for spans in windows_spans[1] for s in spans]
-        pooled = states_in_windows(base, params, windows_spans[0], flat)
+    def states(windows_spans):
+        """Each clip's state: the mean over its copies' spans."""
+        windows, spans = windows_spans
+        flat = pooled(windows, [s for copies in spans for s in copies])
         out, k = [], 0
-        for spans in windows_spans[1]:
-            out.append(np.mean(pooled[k:k + len(spans)], 0))
-            k += len(spans)
+        for copies in spans:
+            out.append(np.mean(flat[k:k + len(copies)], 0))
+            k += len(copies)
         return np.stack(out)
 
     alone = dataclasses.replace(base, silence_frames=100)
@@ -214,15 +222,14 @@ def in_context(base, params, test, y_test, espeak, flite, takes: int, lam: float
     probe_row("alone + 1 s | alone + 1 s", x_alone, labels, pooled_states(alone, params, test, None), y_test, lam)
     for k in (2, 3, 5):
         probe_row(f"alone + 1 s | the clip {k} times, copies averaged", x_alone, labels,
-                  states(test, packed(test, 0, 0, copies=k)), y_test, lam)
-    x_ctx = states(audios, packed(audios, 0, 0, context=sentence))
-    probe_row("after a fixed sentence | after that sentence", x_ctx, labels,
-              states(test, packed(test, 0, 0, context=sentence)), y_test, lam)
+                  states(each_alone(test, copies=k)), y_test, lam)
+    probe_row("after a fixed sentence | after that sentence", states(each_alone(audios, [sentence])), labels,
+              states(each_alone(test, [sentence])), y_test, lam)
     probe_row("alone + 1 s | packed 10 s with other FSDD clips", x_alone, labels,
-              states(test, packed(test, 10, 1)), y_test, lam)
+              states(packed(test, 10, 1)), y_test, lam)
     for w in (10, 30):
-        probe_row(f"packed {w} s | packed {w} s with other FSDD clips", states(audios, packed(audios, w, 0)), labels,
-                  states(test, packed(test, w, 1)), y_test, lam)
+        probe_row(f"packed {w} s | packed {w} s with other FSDD clips", states(packed(audios, w, 0)), labels,
+                  states(packed(test, w, 1)), y_test, lam)
 
 
 def main():
