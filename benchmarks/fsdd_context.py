@@ -1,15 +1,13 @@
 """A trained demo SLM on FSDD with each evaluation batch's clips sharing Whisper's encoder window.
 
-The report encodes every FSDD clip alone, followed by 1 s of log-mel silence. Here the clips of
-each evaluation batch (32, in the task's order: spread over speakers and digits) are packed
-into windows of `--window` log-mel frames, each clip followed by its own log-mel floor for about
-1 s (100-107 frames, so each clip starts on an adapter position), and encoded together; each
-clip's frames are then cut out and scored through the adapter and LLM as the report scores them.
-With `--window 250` a window holds one clip: the report's condition, up to the extra second of
-silence the encoder adds after every window. The context is other test clips, so a clip's answer
-depends on the others in its window: a measurement of what context does, not the report's
-protocol (benchmarks/README.md, "FSDD clips in context"). Predictions and metrics are written
-beside the run's own, under RUN_DIR/slm_depth<d>/eval/ with the tag `_fsdd_window<N>`.
+The clips of each evaluation batch (32, in the task's order: spread over speakers and digits)
+are packed into shared windows of `--window` log-mel frames (slm_jax.speech_windows: each clip
+followed by ~1 s of its log-mel floor), encoded together, cut back out and scored through the
+adapter and LLM as the report scores them. With `--window 250` a window holds one clip: each
+clip alone. The demo trains and scores with 1000-frame windows (gin/runs/demo_slm.gin); this
+measures other window sizes on the same adapter, eval only (benchmarks/README.md, "Shared
+encoder windows"). Predictions and metrics are written beside the run's own, under
+RUN_DIR/slm_depth<d>/eval/ with the tag `_fsdd_window<N>`.
 
 With `--copies K`, each clip is instead encoded alone in its own window, K times in a row, and
 the copies' frames are averaged: context from the clip itself, nothing else from the test set;
@@ -28,79 +26,53 @@ import os
 import numpy as np
 
 from slm_jax import demo, eval_lib, gin_utils, train_lib
-from slm_jax.cached_features import jitted_encoder
 from slm_jax.demo_report import LANGS
-from slm_jax.models.whisper import SILENCE_BELOW_MAX
+from slm_jax.speech_windows import (FrozenSpeech, SpeechWindows, frames_per_position, jitted_encoder, padded, segment,
+                                    stacked)
 
-SILENCE = 100   # log-mel frames after each clip (1 s), rounded up to a multiple of the 8 frames per adapter position
+SILENCE = 100   # log-mel floor frames after each clip (1 s)
 
 
-def clip_segments(batch: dict) -> tuple[list[np.ndarray], list[int]]:
-    """Each clip's valid log-mel frames followed by ~1 s of its floor (SILENCE frames, rounded up so
-    the next segment starts on an adapter position), and each clip's valid adapter positions when
-    encoded alone: ceil(ceil(n / 2) / 4), as the encoder's masks give."""
+def clip_segments(batch: dict, align: int) -> tuple[list[np.ndarray], list[int]]:
+    """Each clip's valid log-mel frames + ~1 s of its floor (speech_windows.segment), and its
+    adapter positions when encoded alone."""
     feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
-    segments, counts = [], []
-    for f, n in zip(feats, mask.sum(1).astype(int)):
-        pad = SILENCE + (-(n + SILENCE)) % 8
-        segments.append(np.concatenate([f[:n], np.full((pad, f.shape[1]), f[:n].max() - SILENCE_BELOW_MAX, f.dtype)]))
-        counts.append(-(-(-(-int(n) // 2)) // 4))
-    return segments, counts
+    lengths = mask.sum(1).astype(int)
+    return ([segment(f[:n], SILENCE, align) for f, n in zip(feats, lengths)],
+            [-(-(-(-int(n) // 2)) // (align // 2)) for n in lengths])
 
 
-def encoded_batch(batch: dict, frames: list[np.ndarray], counts: list[int]) -> dict:
-    """The batch with each clip's adapter-input `frames` (its first `counts` positions) in place of its audio."""
-    out = np.zeros((len(frames), max(counts), frames[0].shape[-1]), frames[0].dtype)
-    out_mask = np.zeros((len(frames), max(counts)), bool)
-    for i, (f, c) in enumerate(zip(frames, counts)):
-        out[i, :c], out_mask[i, :c] = f[:c], True
+def encoded_batch(batch: dict, frames) -> dict:
+    """The batch with each clip's adapter-input `frames` in place of its audio."""
+    out, out_mask = stacked(frames)
     rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
     return {**rest, "encoded_speech": out, "encoded_mask": out_mask}
 
 
-def padded(windows: list[np.ndarray], frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Log-mel windows zero-padded to `frames` frames, with their masks."""
-    x = np.zeros((len(windows), frames, windows[0].shape[1]), np.float32)
-    mask = np.zeros((len(windows), frames), np.int32)
-    for i, win in enumerate(windows):
-        x[i, :len(win)], mask[i, :len(win)] = win, 1
-    return x, mask
-
-
-def packed_encoder(encode, params, window: int):
+def packed_encoder(frozen: FrozenSpeech):
     """(batch -> the batch with `encoded_speech` / `encoded_mask` from its clips packed in
-    windows, the list it appends each window's clip count to)."""
-    sizes: list[int] = []
+    shared windows (slm_jax.speech_windows), the list it appends each batch's clips per window to)."""
+    sizes: list[float] = []
 
     def apply(batch: dict) -> dict:
-        segments, counts = clip_segments(batch)
-        windows, where, current, pos = [], [], [], 0
-        for seg in segments:
-            if current and pos + len(seg) > window:
-                windows.append(np.concatenate(current))
-                current, pos = [], 0
-            where.append((len(windows), pos))
-            current.append(seg)
-            pos += len(seg)
-        windows.append(np.concatenate(current))
-        sizes.extend(np.bincount([w for w, _ in where]).tolist())
-        hidden = np.asarray(encode(params, *padded(windows, window))[0])
-        return encoded_batch(batch, [hidden[w, p // 8:p // 8 + c] for (w, p), c in zip(where, counts)], counts)
+        stream = frozen.packed(batch["features"], batch["feature_mask"])
+        sizes.append(len(batch["features"]) / stream.windows)
+        return encoded_batch(batch, stream.ready())
     return apply, sizes
 
 
-def copies_encoder(encode, params, copies: int):
+def copies_encoder(encode, params, copies: int, align: int):
     """batch -> the batch with `encoded_speech` / `encoded_mask` from each clip encoded alone, in
     its own window, `copies` times in a row (each copy + ~1 s of its log-mel floor), the copies'
     adapter-input frames averaged position by position: context from the clip itself only."""
 
     def apply(batch: dict) -> dict:
-        segments, counts = clip_segments(batch)
+        segments, counts = clip_segments(batch, align)
         frames = -(-max(len(seg) for seg in segments) * copies // 100) * 100
         hidden = np.asarray(encode(params, *padded([np.concatenate([seg] * copies) for seg in segments], frames))[0])
-        return encoded_batch(batch, [np.mean([hidden[i, k * (len(seg) // 8):k * (len(seg) // 8) + c]
+        return encoded_batch(batch, [np.mean([hidden[i, k * (len(seg) // align):k * (len(seg) // align) + c]
                                               for k in range(copies)], 0)
-                                     for i, (seg, c) in enumerate(zip(segments, counts))], counts)
+                                     for i, (seg, c) in enumerate(zip(segments, counts))])
     return apply
 
 
@@ -122,10 +94,11 @@ def main():
     with d.slm_stage(args.depth):
         s = train_lib.setup(train_lib.RunConfig())
     s.checkpointer.close()
-    encode = jitted_encoder(s.model.config)
+    config, params = s.model.config, s.frozen["speech_encoder"]
+    encode, align = jitted_encoder(config), frames_per_position(config)
     print("| encoder window | clips per window (mean) | FSDD digit accuracy | fsdd_asr_en WER |\n|---|---|---|---|")
     for window in args.window:
-        encoder, sizes = packed_encoder(encode, s.frozen["speech_encoder"], window)
+        encoder, sizes = packed_encoder(FrozenSpeech(config, params, SpeechWindows(window, SILENCE)))
         data = eval_lib.EvalDataCache(encoder=encoder)
         with d.slm_stage(args.depth):
             cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_window{window}")
@@ -136,7 +109,7 @@ def main():
     print("\n| each clip alone, encoded | FSDD digit accuracy | fsdd_asr_en WER |"
           + (" world ASR WER en / fr / de / es, mean |\n|---|---|---|---|" if args.world else "\n|---|---|---|"))
     for copies in args.copies:
-        data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, s.frozen["speech_encoder"], copies))
+        data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, params, copies, align))
         with d.slm_stage(args.depth):
             cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_copies{copies}")
             res = eval_lib.evaluate_run(train_lib.RunConfig(), cfg, data)

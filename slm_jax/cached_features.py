@@ -80,7 +80,8 @@ import tensorflow as tf
 from slm_jax.array_memo import array_key
 from slm_jax.data import bucket_bound
 from slm_jax.fingerprint import differences, hash_path, jsonable
-from slm_jax.models.slm import SLM, SLMConfig
+from slm_jax.models.slm import SLMConfig
+from slm_jax.speech_windows import FrozenSpeech, PackedStream, SpeechWindows
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -101,10 +102,12 @@ def weights_id(speech_encoder_checkpoint: str | None, seed: int = 0) -> dict:
     return {"init_seed": int(seed)}
 
 
-def fingerprint(config: SLMConfig, weights: Mapping[str, Any]) -> dict:
-    """Everything the cached values depend on besides the data."""
+def fingerprint(config: SLMConfig, weights: Mapping[str, Any], windows: SpeechWindows | None = None) -> dict:
+    """Everything the cached values depend on besides the data (and, with shared encoder
+    windows, the order the examples are stored in)."""
     enc, ad = config.speech_encoder, config.adapter
-    return {"speech_encoder": {"type": type(enc).__name__, **jsonable(dataclasses.asdict(enc))},
+    shared = {"speech_windows": dataclasses.asdict(windows)} if windows is not None and windows.on else {}
+    return {**shared, "speech_encoder": {"type": type(enc).__name__, **jsonable(dataclasses.asdict(enc))},
             "adapter_input": {"stride": ad.stride, "subsampling": ad.subsampling, "dtype": jsonable(ad.dtype),
                               "input_dim": ad.input_dim},
             "weights": jsonable(dict(weights))}
@@ -214,20 +217,14 @@ class ShardWriter:
             self._writer = None
 
 
-def jitted_encoder(config: SLMConfig):
-    """jit of `(speech_encoder params, features, feature_mask) -> SLM.speech_encoder_outputs`:
-    the frozen speech path whose outputs a cache stores and a precomputed batch carries."""
-    module = SLM(config)
-    return jax.jit(lambda p, f, m: module.apply({"params": {"speech_encoder": p}}, f, m,
-                                                method=SLM.speech_encoder_outputs))
-
-
 class SharedAudioEncoder:
     """Runs the frozen speech encoder (jitted) over examples' audio and hands each example, in
     the order added, to `write(frames, tokens)`.
 
     Audio is queued and encoded in batches of `batch_size` rows (the last one padded); a batch
-    runs on the device while the previous one is brought back and its examples written.
+    runs on the device while the previous one is brought back and its examples written. With
+    shared encoder windows (`windows` on) the distinct utterances form one stream packed into
+    windows, `batch_size` windows per encoder call (speech_windows.PackedStream).
     Examples with the same audio (the same valid feature frames: one utterance in an ASR and in
     AST tasks) are encoded once: their frames are kept, up to `share_bytes` of them in all, for
     later examples with that audio (beyond it they are encoded again). `encoded` counts the
@@ -235,8 +232,11 @@ class SharedAudioEncoder:
     (the longest padded length seen: batches may be cut to get_batches' length buckets)."""
 
     def __init__(self, config: SLMConfig, encoder_params: Mapping[str, Any], batch_size: int,
-                 share_bytes: int, write):
-        self._encode = jitted_encoder(config)
+                 share_bytes: int, write, windows: SpeechWindows | None = None):
+        frozen = FrozenSpeech(config, encoder_params, windows)
+        self._encode = frozen.encode
+        self._stream = PackedStream(frozen, batch_size) if frozen.windows.on else None
+        self._stream_keys: collections.deque = collections.deque()   # audio keys in the stream, in order
         self.params, self.batch_size, self.share_bytes, self.write = encoder_params, batch_size, share_bytes, write
         self.encoded, self.encoded_length, self.dim, self.dtype = 0, 0, None, None
         self._frames_of: dict[bytes, np.ndarray] = {}   # audio key -> encoder frames (kept or awaiting writing)
@@ -251,15 +251,24 @@ class SharedAudioEncoder:
         """Queue one example: its padded features [T, F], feature mask [T] and tokens."""
         valid = _valid_length(mask, "feature")
         key = array_key((features[:valid],))
-        if key not in self._frames_of and not self._uses[key]:   # neither kept, nor queued / in flight
-            self._queue.append((key, features, mask))
+        new = key not in self._frames_of and not self._uses[key]   # neither kept, nor queued / in flight
         self._waiting.append((key, tokens))
         self._uses[key] += 1
-        if len(self._queue) == self.batch_size:
-            self._dispatch()
+        if new and self._stream is not None:
+            self._stream_keys.append(key)
+            self.encoded += 1
+            self._stream.add(features[:valid])
+            self._take_stream()
+        elif new:
+            self._queue.append((key, features, mask))
+            if len(self._queue) == self.batch_size:
+                self._dispatch()
 
     def finish(self) -> None:
         """Encode what is still queued and write every remaining example."""
+        if self._stream is not None:
+            self._stream.finish()
+            self._take_stream()
         if self._queue:
             self._dispatch()
         self._collect()
@@ -280,19 +289,31 @@ class SharedAudioEncoder:
         self.encoded += len(queue)
         queue.clear()
 
+    def _take_stream(self) -> None:
+        """Store the frames the window stream has brought back, then write the examples ready."""
+        for frames in self._stream.ready():
+            self._store(self._stream_keys.popleft(), frames)
+        self._write_ready()
+
+    def _store(self, key: bytes, frames: np.ndarray) -> None:
+        self.encoded_length = max(self.encoded_length, frames.shape[0])
+        self.dim, self.dtype = frames.shape[1], frames.dtype.name
+        self._frames_of[key] = frames
+        if self._kept_bytes + frames.nbytes <= self.share_bytes:
+            self._kept_bytes += frames.nbytes
+            self._kept.add(key)
+
     def _collect(self) -> None:
         """Bring the encoded batch in flight to the host, then write every example now ready."""
         if self._in_flight is not None:
             (keys, outputs), self._in_flight = self._in_flight, None
             hidden, mask = (np.asarray(x) for x in jax.device_get(outputs))
             self.encoded_length = max(self.encoded_length, hidden.shape[1])
-            self.dim, self.dtype = hidden.shape[2], hidden.dtype.name
             for i, key in enumerate(keys):
-                frames = hidden[i, :_valid_length(mask[i], "encoder output")].copy()
-                self._frames_of[key] = frames
-                if self._kept_bytes + frames.nbytes <= self.share_bytes:
-                    self._kept_bytes += frames.nbytes
-                    self._kept.add(key)
+                self._store(key, hidden[i, :_valid_length(mask[i], "encoder output")].copy())
+        self._write_ready()
+
+    def _write_ready(self) -> None:
         while self._waiting and self._waiting[0][0] in self._frames_of:
             key, tokens = self._waiting.popleft()
             self.write(self._frames_of[key], tokens)
@@ -360,7 +381,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
                 config: SLMConfig, encoder_params: Mapping[str, Any], weights: Mapping[str, Any],
                 batch_size: int = 8, read_batch_size: int | None = None, seed: int = 0,
                 examples_per_shard: int = 4096, overwrite: bool = False, verbose: bool = True,
-                share_bytes: int = 2 ** 30) -> dict:
+                share_bytes: int = 2 ** 30, windows: SpeechWindows | None = None) -> dict:
     """Run the frozen speech encoder (jitted, batches of `batch_size`) once over `task`'s `split`
     (a task or a mixture name: via get_batches, unshuffled, one epoch, every example: the last
     batch is padded, then cut) and write the cache (see the module docstring). Returns the
@@ -380,12 +401,14 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     reproduced (cache the tasks separately for those).
 
     Examples with the same audio are encoded once (`SharedAudioEncoder`, up to `share_bytes` of
-    kept frames); the manifest's build.encoded_utterances counts the encoder's work."""
+    kept frames); the manifest's build.encoded_utterances counts the encoder's work. With
+    `windows` on, the distinct utterances are packed into shared encoder windows in the order
+    the cache stores them, `batch_size` windows per encoder call (slm_jax.speech_windows)."""
     enc_cfg = config.speech_encoder
     if getattr(enc_cfg, "dropout_rate", 0.0) > 0:
         raise ValueError(f"build_cache: the speech encoder has dropout_rate={enc_cfg.dropout_rate}; its training "
                          "outputs are random, so a cache of them cannot be exact. Set it to 0.")
-    fp = fingerprint(config, weights)
+    fp = fingerprint(config, weights, windows)
     out_dir = cache_path(cache_dir, task, split)
     os.makedirs(out_dir, exist_ok=True)
     existing = _existing_cache(out_dir, fp, feature_lengths, overwrite, verbose)
@@ -395,7 +418,7 @@ def build_cache(cache_dir: str, task: str, split: str = "train", *, feature_leng
     read_batch_size = read_batch_size or batch_size
     t0 = time.perf_counter()
     shards = ShardWriter(out_dir, split, examples_per_shard)
-    encoder = SharedAudioEncoder(config, encoder_params, batch_size, share_bytes, shards.write)
+    encoder = SharedAudioEncoder(config, encoder_params, batch_size, share_bytes, shards.write, windows)
     per_task = _encode_split(task, split, feature_lengths, read_batch_size, seed, encoder)
     encoder.finish()
     shards.close()

@@ -51,12 +51,14 @@ from slm_jax.checkpoints.params_io import load_params
 from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
 from slm_jax.progress import Progress
+from slm_jax.speech_windows import SpeechWindows
 from slm_jax.whisper_asr import WhisperASR
 from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
 LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
 # speech foundation -> the SLM stage's gin file
 SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/demo_slm_conformer.gin"}
+ALONE = ("SpeechWindows.frames = 0",)   # each utterance alone in its encoder window
 STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
 
 
@@ -130,6 +132,7 @@ class Demo:
         self.cache_dir = os.path.join(self.dir, "feature_cache")
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
         self.encoded_data: eval_lib.EvalDataCache | None = None   # the same with the frozen encoder's outputs
+        self.alone_data: eval_lib.EvalDataCache | None = None     # ... each utterance alone in its window
 
     def task(self, suffix: str) -> str:
         return demo_report.task_name(self.cfg.world, suffix)
@@ -248,23 +251,33 @@ class Demo:
                 return train_lib.train(train_lib.RunConfig(), train_lib.TrainConfig())
         return self.cached(f"train_slm_depth{depth}", train)
 
-    def slm_eval_data(self) -> eval_lib.EvalDataCache:
+    def slm_eval_data(self, alone: bool = False) -> eval_lib.EvalDataCache:
         """The evaluation samples with the frozen speech encoder's outputs in place of audio,
-        built once and shared by every adapter scored (they share that encoder)."""
-        if self.encoded_data is None:
-            with self.slm_stage(self.cfg.main_depth):
+        built once and shared by every adapter scored (they share that encoder). alone: each
+        utterance in its own encoder window (SpeechWindows off)."""
+        if (self.alone_data if alone else self.encoded_data) is None:
+            with self.slm_stage(self.cfg.main_depth, *ALONE if alone else ()):
                 s = train_lib.setup(train_lib.RunConfig())
             s.checkpointer.close()
-            self.encoded_data = eval_lib.EvalDataCache(encoder=eval_lib.frozen_encoder(s))
-        return self.encoded_data
+            data = eval_lib.EvalDataCache(encoder=eval_lib.frozen_encoder(s))
+            if alone:
+                self.alone_data = data
+            else:
+                self.encoded_data = data
+        return self.alone_data if alone else self.encoded_data
+
+    def shared_windows(self) -> bool:
+        """Whether the SLM stage packs utterances into shared encoder windows."""
+        with self.slm_stage(self.cfg.main_depth):
+            return SpeechWindows().on
 
     def eval_slm(self, depth: int, tasks: Sequence[str], tag: str, untrained: bool = False,
-                 split: str | None = None) -> dict:
+                 split: str | None = None, alone: bool = False) -> dict:
         def evaluate():
             run_dir = os.path.join(self.dir, "slm_untrained") if untrained else None
-            with self.slm_stage(depth, run_dir=run_dir):
+            with self.slm_stage(depth, *ALONE if alone else (), run_dir=run_dir):
                 return eval_lib.evaluate_run(train_lib.RunConfig(), self.eval_config(tasks, split, f"_{tag}"),
-                                             self.slm_eval_data())
+                                             self.slm_eval_data(alone))
         return self.cached(f"eval_{tag}", evaluate)
 
     # ------------------------------------------------------------------ baselines
@@ -348,9 +361,12 @@ class Demo:
         asr_ast = [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
         zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
                                   + [self.task(f"biasing_{lang}") for lang in LANGS] + list(nolist), "zeroshot")
+        alone = {}
         if fsdd_tasks:   # real speech: its only split is "test"
             zero_shot = {**zero_shot, **self.eval_slm(main, fsdd_tasks, "fsdd", split="test")}
-        return {"per_depth": {str(d): self.eval_slm(d, asr_ast, f"depth{d}") for d in depths},
+            if self.shared_windows():
+                alone = self.eval_slm(main, fsdd_tasks, "fsdd_alone", split="test", alone=True)
+        return {"fsdd_alone": alone, "per_depth": {str(d): self.eval_slm(d, asr_ast, f"depth{d}") for d in depths},
                 "zero_shot": zero_shot,
                 "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
                                            untrained=True),

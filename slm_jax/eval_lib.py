@@ -18,7 +18,7 @@ import seqio
 
 from slm_jax import gin_utils, run_inputs
 from slm_jax.array_memo import ArrayMemo
-from slm_jax.cached_features import jitted_encoder
+from slm_jax.speech_windows import FrozenSpeech
 from slm_jax.data import get_batches, pad_rows
 from slm_jax.features import FeatureConfig, compute_features, load_audio
 from slm_jax.progress import MetricsWriter
@@ -139,16 +139,16 @@ class EvalDataCache:
 def frozen_encoder(s: Setup, remember: int = 32) -> Callable[[dict], dict]:
     """batch -> the batch with the frozen speech encoder's outputs (`encoded_speech` /
     `encoded_mask`, what a feature cache stores) in place of `features` / `feature_mask`; an SLM
-    predicts from either the same way (task_model.speech_inputs). A batch with the same features
-    and mask as one of the last `remember` encoded (one split's utterances read by several
-    tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs."""
-    encode, params = jitted_encoder(s.model.config), s.frozen["speech_encoder"]
+    predicts from either the same way (task_model.speech_inputs). With RunConfig.speech_windows
+    on, the batch's utterances share encoder windows (slm_jax.speech_windows). A batch with the
+    same features and mask as one of the last `remember` encoded (one split's utterances read by
+    several tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs."""
+    frozen = FrozenSpeech(s.model.config, s.frozen["speech_encoder"], s.run.speech_windows)
     memo: ArrayMemo[tuple[np.ndarray, ...]] = ArrayMemo(remember)
 
     def apply(batch: dict) -> dict:
         features, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"])
-        hidden, encoded_mask = memo((features, mask), lambda: tuple(
-            np.asarray(x) for x in jax.device_get(encode(params, features, mask))))
+        hidden, encoded_mask = memo((features, mask), lambda: frozen.batch(features, mask))
         rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
         return {**rest, "encoded_speech": hidden, "encoded_mask": encoded_mask}
     return apply
@@ -177,6 +177,8 @@ def evaluate(s: Setup, cfg: EvalConfig, trainable: Any, step: int,
     """Decode each task of cfg.eval_tasks with params `trainable` (+ the frozen subtrees) and
     score it. Writes predictions (JSONL) and metrics (JSON, TensorBoard) under run_dir/eval/."""
     params = s.params(trainable)
+    if data is None and s.run.speech_windows.on:   # packed on the host: through the frozen encoder
+        data = EvalDataCache(encoder=frozen_encoder(s))
     out_dir = os.path.join(s.run.run_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     writer = MetricsWriter(s.run.run_dir, f"eval{cfg.tag}")

@@ -23,6 +23,7 @@ from slm_jax.checkpoints.params_io import load_foundation, save_params
 from slm_jax.data import get_batches
 from slm_jax.features import FeatureConfig
 from slm_jax.models.slm import SLMConfig
+from slm_jax.speech_windows import SpeechWindows, check_config
 from slm_jax.fingerprint import state_fingerprint
 from slm_jax.partitioning import MeshConfig, Partitioner, make_mesh
 from slm_jax.progress import MetricsWriter, Progress, truncate_logs
@@ -53,6 +54,9 @@ class RunConfig:
       spiece.model if it has one, else the tasks' own.
     features: front end of every task of the run registered without its own; None: the speech
       encoder's (Whisper log-mel, w2v-BERT fbank, log-mel for our Conformer).
+    speech_windows: an SLM's frozen speech path packs consecutive utterances into shared
+      Whisper encoder windows (slm_jax.speech_windows): the feature cache and the evaluations'
+      frozen encoder do; training from audio with them is refused.
     save_every / keep / async_save: checkpointing."""
     run_dir: str | None = None
     model: TaskModel | None = None
@@ -70,6 +74,7 @@ class RunConfig:
     save_every: int = 1000
     keep: int = 3
     async_save: bool = True
+    speech_windows: SpeechWindows = dataclasses.field(default_factory=SpeechWindows)
 
     def __post_init__(self):
         gin_utils.require(self, "run_dir", "model")
@@ -80,6 +85,11 @@ class RunConfig:
                 llm_overrides=self.llm_overrides, speech_encoder_overrides=self.speech_encoder_overrides)
             if resolved != config:
                 object.__setattr__(self, "model", self.model.with_config(resolved))
+            if resolved.complete:
+                check_config(self.speech_windows, resolved)
+        elif self.speech_windows.on:
+            raise ValueError(f"RunConfig.speech_windows packs an SLM's speech; this run's model is a "
+                             f"{type(self.model).__name__}")
         elif self.llm_overrides or self.speech_encoder_overrides:
             raise ValueError("RunConfig.llm_overrides / speech_encoder_overrides apply to an SLM's foundations; "
                              f"this run's model is a {type(self.model).__name__}")
@@ -208,7 +218,8 @@ def vocabulary_fingerprint() -> dict | None:
 def cache_fingerprint(run: RunConfig) -> dict:
     """What a feature cache for this run's speech encoder must have been built with."""
     return cached_features.fingerprint(run.model.config,
-                                       cached_features.weights_id(run.speech_encoder_checkpoint, run.seed))
+                                       cached_features.weights_id(run.speech_encoder_checkpoint, run.seed),
+                                       run.speech_windows)
 
 
 def train_batches(run: RunConfig, cfg: TrainConfig, start_batch: int) -> Iterator[dict]:
@@ -297,6 +308,10 @@ def train(run: RunConfig, cfg: TrainConfig, evaluator: Evaluator | None = None) 
     if cfg.eval_every and evaluator is None:
         raise ValueError("TrainConfig.eval_every is set but this run has no evaluation to run "
                          "(bind the EvalConfig in gin)")
+    if run.speech_windows.on and not cfg.feature_cache_dir:
+        raise ValueError(f"RunConfig.speech_windows.frames={run.speech_windows.frames}: shared encoder windows are "
+                         "packed outside the model, so this run trains from a feature cache "
+                         "(set TrainConfig.feature_cache_dir, or SpeechWindows.frames = 0)")
     s = setup(run)
     try:
         check_batch_size(s, cfg)
@@ -393,4 +408,5 @@ def build_feature_cache(run: RunConfig, cfg: TrainConfig, cache: CacheConfig | N
         config=run.model.config, encoder_params=s.params(s.trainable)["speech_encoder"],
         weights=cached_features.weights_id(run.speech_encoder_checkpoint, run.seed),
         batch_size=cache.batch_size or cfg.batch_size, read_batch_size=cfg.batch_size, seed=run.seed,
-        examples_per_shard=cache.examples_per_shard, overwrite=cache.overwrite, share_bytes=cache.share_bytes)
+        examples_per_shard=cache.examples_per_shard, overwrite=cache.overwrite, share_bytes=cache.share_bytes,
+        windows=run.speech_windows)

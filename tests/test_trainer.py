@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from helpers import FEATURE_LENGTHS, fixed_examples, pretrain_tiny_llm, register_fixed_task, tiny_run
-from slm_jax import configs, eval_lib, gin_utils, train_lib
+from slm_jax import configs, eval_lib, gin_utils, speech_windows, train_lib
 from slm_jax.array_memo import ArrayMemo, array_key
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.data import get_batches
@@ -378,9 +378,9 @@ def test_frozen_encoder_runs_once_per_audio_batch(tmp_path, monkeypatch):
     s = train_lib.setup(train_lib.RunConfig())
     s.checkpointer.close()
     calls = []
-    real = eval_lib.jitted_encoder
-    monkeypatch.setattr(eval_lib, "jitted_encoder", lambda config: (
-        lambda *a: (calls.append(1), real(config)(*a))[1]))
+    real = speech_windows.jitted_encoder
+    monkeypatch.setattr(speech_windows, "jitted_encoder", lambda config, windows=None: (
+        lambda *a: (calls.append(1), real(config, windows)(*a))[1]))
     encode = eval_lib.frozen_encoder(s, remember=2)
     (batch,) = list(eval_lib.eval_batches(task, eval_lib.EvalConfig()))
     first = encode(batch)
