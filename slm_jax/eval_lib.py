@@ -243,7 +243,8 @@ def infer_windows(path: str, cfg: InferConfig, features: FeatureConfig) -> list[
 def infer(run: RunConfig, cfg: InferConfig) -> list[str]:
     """The trained model (latest checkpoint) on cfg.audio_files with cfg.instruction; prints
     and returns the outputs. Audio longer than cfg.max_frames is decoded in windows (or
-    refused, see InferConfig), never run whole."""
+    refused, see InferConfig), never run whole. With RunConfig.speech_windows on, the audio of
+    each batch shares encoder windows in the order given (slm_jax.speech_windows)."""
     s = setup(run)
     try:
         trainable, _ = s.restore()
@@ -257,8 +258,11 @@ def infer(run: RunConfig, cfg: InferConfig) -> list[str]:
     windows = [infer_windows(p, cfg, features) for p in cfg.audio_files]     # every file checked before decoding
     flat = [w for ws in windows for w in ws]
     instruction, params, texts = vocab.encode(cfg.instruction), s.params(trainable), []
+    # with shared encoder windows, each batch's windows of audio are packed in the order given
+    encode = frozen_encoder(s) if s.run.speech_windows.on else (lambda batch: batch)
     for i in range(0, len(flat), cfg.batch_size):
-        tokens, _ = s.model.predict_batch(params, speech_batch(flat[i:i + cfg.batch_size], instruction), cfg.decode)
+        batch = encode(speech_batch(flat[i:i + cfg.batch_size], instruction))
+        tokens, _ = s.model.predict_batch(params, batch, cfg.decode)
         texts += [tokens_to_text(vocab, t, s.model.eos_id) for t in np.asarray(tokens)]
     outs, at = [], 0
     for p, ws in zip(cfg.audio_files, windows):

@@ -168,3 +168,34 @@ def test_settings_the_run_cannot_honour_are_refused():
     run = train_lib.RunConfig(run_dir="unused", model=SLMTaskModel(CONFIG), speech_windows=SpeechWindows(100))
     with pytest.raises(ValueError, match="trains from a feature cache"):
         train_lib.train(run, train_lib.TrainConfig(train_task=register_fixed_task(), feature_lengths=FEATURE_LENGTHS))
+
+
+def test_infer_packs_each_batch_of_files(tmp_path, monkeypatch):
+    """Inference of a run with windows decodes what the shared windows give for the files of
+    each batch, in the order given, not the model's own one-utterance path."""
+    import seqio
+    import soundfile
+    from slm_jax import eval_lib
+    files = []
+    for i, seconds in enumerate((0.5, 0.3, 0.4)):
+        files.append(str(tmp_path / f"clip{i}.wav"))
+        soundfile.write(files[-1], (0.3 * np.random.default_rng(i).uniform(-1, 1, int(16000 * seconds))).astype(np.float32),
+                        16000)
+    windows = SpeechWindows(frames=96, gap=8)
+    run = train_lib.RunConfig(run_dir=str(tmp_path / "run"), model=SLMTaskModel(CONFIG), speech_windows=windows)
+    batches, decoded = [], []
+    real_batch, real_predict = eval_lib.speech_batch, SLMTaskModel.predict_batch
+    monkeypatch.setattr(eval_lib, "speech_batch", lambda *a: (batches.append(real_batch(*a)), batches[-1])[1])
+    monkeypatch.setattr(SLMTaskModel, "predict_batch",
+                        lambda self, params, batch, *a, **k: (decoded.append(batch), real_predict(self, params, batch, *a, **k))[1])
+    outs = eval_lib.infer(run, eval_lib.InferConfig(audio_files=files, vocabulary=seqio.ByteVocabulary(),
+                                                    instruction="transcribe", batch_size=2))
+    assert len(outs) == 3 and len(batches) == len(decoded) == 2
+    s = train_lib.setup(run)
+    s.checkpointer.close()
+    frozen = FrozenSpeech(CONFIG, s.frozen["speech_encoder"], windows)
+    for audio, seen in zip(batches, decoded):
+        assert "features" not in seen
+        want, want_mask = frozen.batch(audio["features"], audio["feature_mask"])
+        np.testing.assert_allclose(seen["encoded_speech"], want, rtol=1e-6, atol=1e-6)
+        assert np.array_equal(seen["encoded_mask"], want_mask)
