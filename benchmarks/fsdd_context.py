@@ -27,19 +27,19 @@ import numpy as np
 
 from slm_jax import demo, eval_lib, gin_utils, train_lib
 from slm_jax.demo_report import LANGS
-from slm_jax.speech_windows import (FrozenSpeech, SpeechWindows, frames_per_position, jitted_encoder, padded, segment,
-                                    stacked)
+from slm_jax.speech_windows import (FrozenSpeech, SpeechWindows, frames_per_position, jitted_encoder, padded, positions,
+                                    segment, stacked)
 
 SILENCE = 100   # log-mel floor frames after each clip (1 s)
 
 
-def clip_segments(batch: dict, align: int) -> tuple[list[np.ndarray], list[int]]:
+def clip_segments(batch: dict, config) -> tuple[list[np.ndarray], list[int]]:
     """Each clip's valid log-mel frames + ~1 s of its floor (speech_windows.segment), and its
     adapter positions when encoded alone."""
     feats, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"]).astype(bool)
     lengths = mask.sum(1).astype(int)
-    return ([segment(f[:n], SILENCE, align) for f, n in zip(feats, lengths)],
-            [-(-(-(-int(n) // 2)) // (align // 2)) for n in lengths])
+    return ([segment(f[:n], SILENCE, frames_per_position(config)) for f, n in zip(feats, lengths)],
+            [positions(int(n), config) for n in lengths])
 
 
 def encoded_batch(batch: dict, frames) -> dict:
@@ -61,13 +61,14 @@ def packed_encoder(frozen: FrozenSpeech):
     return apply, sizes
 
 
-def copies_encoder(encode, params, copies: int, align: int):
+def copies_encoder(encode, params, copies: int, config):
     """batch -> the batch with `encoded_speech` / `encoded_mask` from each clip encoded alone, in
     its own window, `copies` times in a row (each copy + ~1 s of its log-mel floor), the copies'
     adapter-input frames averaged position by position: context from the clip itself only."""
 
     def apply(batch: dict) -> dict:
-        segments, counts = clip_segments(batch, align)
+        segments, counts = clip_segments(batch, config)
+        align = frames_per_position(config)
         frames = -(-max(len(seg) for seg in segments) * copies // 100) * 100
         hidden = np.asarray(encode(params, *padded([np.concatenate([seg] * copies) for seg in segments], frames))[0])
         return encoded_batch(batch, [np.mean([hidden[i, k * (len(seg) // align):k * (len(seg) // align) + c]
@@ -95,7 +96,7 @@ def main():
         s = train_lib.setup(train_lib.RunConfig())
     s.checkpointer.close()
     config, params = s.model.config, s.frozen["speech_encoder"]
-    encode, align = jitted_encoder(config), frames_per_position(config)
+    encode = jitted_encoder(config)
     print("| encoder window | clips per window (mean) | FSDD digit accuracy | fsdd_asr_en WER |\n|---|---|---|---|")
     for window in args.window:
         encoder, sizes = packed_encoder(FrozenSpeech(config, params, SpeechWindows(window, SILENCE)))
@@ -109,7 +110,7 @@ def main():
     print("\n| each clip alone, encoded | FSDD digit accuracy | fsdd_asr_en WER |"
           + (" world ASR WER en / fr / de / es, mean |\n|---|---|---|---|" if args.world else "\n|---|---|---|"))
     for copies in args.copies:
-        data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, params, copies, align))
+        data = eval_lib.EvalDataCache(encoder=copies_encoder(encode, params, copies, config))
         with d.slm_stage(args.depth):
             cfg = d.eval_config(d.fsdd_tasks(), "test", f"_fsdd_copies{copies}")
             res = eval_lib.evaluate_run(train_lib.RunConfig(), cfg, data)
