@@ -131,8 +131,8 @@ class Demo:
         self.encoder_path = None if self.whisper else os.path.join(self.dir, "encoder.msgpack")
         self.cache_dir = os.path.join(self.dir, "feature_cache")
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
-        self.encoded_data: eval_lib.EvalDataCache | None = None   # the same with the frozen encoder's outputs
-        self.alone_data: eval_lib.EvalDataCache | None = None     # ... each utterance alone in its window
+        # the same with the frozen encoder's outputs, by `alone` (each utterance alone in its window)
+        self.encoded_data: dict[bool, eval_lib.EvalDataCache] = {}
 
     def task(self, suffix: str) -> str:
         return demo_report.task_name(self.cfg.world, suffix)
@@ -255,16 +255,12 @@ class Demo:
         """The evaluation samples with the frozen speech encoder's outputs in place of audio,
         built once and shared by every adapter scored (they share that encoder). alone: each
         utterance in its own encoder window (SpeechWindows off)."""
-        if (self.alone_data if alone else self.encoded_data) is None:
+        if alone not in self.encoded_data:
             with self.slm_stage(self.cfg.main_depth, *ALONE if alone else ()):
                 s = train_lib.setup(train_lib.RunConfig())
             s.checkpointer.close()
-            data = eval_lib.EvalDataCache(encoder=eval_lib.frozen_encoder(s))
-            if alone:
-                self.alone_data = data
-            else:
-                self.encoded_data = data
-        return self.alone_data if alone else self.encoded_data
+            self.encoded_data[alone] = eval_lib.EvalDataCache(encoder=eval_lib.frozen_encoder(s))
+        return self.encoded_data[alone]
 
     def shared_windows(self) -> bool:
         """Whether the SLM stage packs utterances into shared encoder windows."""

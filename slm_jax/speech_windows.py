@@ -16,16 +16,16 @@ windows"):
     fits, else it opens the next one (a segment longer than `frames` has a window of its own);
   * outputs: utterance i keeps the positions of its own frames, as many as encoding it alone
     gives (ceil(ceil(n / 2) / stride)); the gap's positions are dropped. An utterance whose
-    encoder frames do not fill its last position leaves gap frames in that position's
-    window (with "mean" subsampling they are averaged in, where alone they are masked out). The window rows are
-    encoded with the model's own trailing silence off (each segment brings its gap).
+    encoder frames do not fill its last position leaves gap frames in that position (with
+    "mean" subsampling they are averaged in, where alone they are masked out). The window
+    rows are encoded with the model's own trailing silence off (each segment brings its gap).
 
 An utterance's outputs then depend on its neighbours in the stream: the feature cache packs
 the training examples in the order it stores them (`PackedStream`, whatever its encoder
 batch), and evaluation packs each batch's utterances in the batch's order. The packing runs on
 the host around the jitted encoder, not inside the model, so a run with windows trains from a
 feature cache and evaluates through `eval_lib.frozen_encoder`; training from audio with
-windows is refused (`check_run`).
+windows is refused (`train_lib.train`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def segment(features: np.ndarray, gap: int, align: int) -> np.ndarray:
 
 class WindowStream:
     """Next-fit packing of a stream of segments into windows of `frames` frames. `add` returns
-    where the segment went (window number, frame offset); `windows` are the closed ones."""
+    where the segment went (window number, frame offset); `take` hands over the closed windows."""
 
     def __init__(self, frames: int):
         self.frames = frames
