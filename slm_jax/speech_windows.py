@@ -12,8 +12,10 @@ windows"):
     features' max - SILENCE_BELOW_MAX, as whisper_log_mel writes silent audio), rounded up to a
     multiple of the feature frames per adapter position (2 x the adapter's stride), so every
     utterance starts on an adapter position;
-  * windows: next-fit over the stream in order: a segment goes into the current window when it
-    fits, else it opens the next one (a segment longer than `frames` has a window of its own);
+  * windows: first-fit decreasing within each block of `block` consecutive utterances of the
+    stream: the block's segments, longest first, each go into the first of its windows with room,
+    else open the next one (a segment longer than `frames` has a window of its own). Blocks
+    never share a window;
   * outputs: utterance i keeps the positions of its own frames, as many as encoding it alone
     gives (ceil(ceil(n / 2) / stride)); the gap's positions are dropped. An utterance whose
     encoder frames do not fill its last position leaves gap frames in that position (with
@@ -46,13 +48,17 @@ from slm_jax.models.whisper import SILENCE_BELOW_MAX, WhisperEncoderConfig
 @dataclasses.dataclass(frozen=True)
 class SpeechWindows:
     """frames: log-mel frames per shared encoder window (0: every utterance alone in its own
-    row, the model's path); gap: log-mel floor frames after each utterance in a window."""
+    row, the model's path); gap: log-mel floor frames after each utterance in a window; block:
+    consecutive utterances packed together (first-fit decreasing; an evaluation batch is one
+    stream, cut into blocks the same way)."""
     frames: int = 0
     gap: int = 100
+    block: int = 64
 
     def __post_init__(self):
-        if self.frames < 0 or self.gap < 0:
-            raise ValueError(f"SpeechWindows.frames and .gap must be >= 0, got {self.frames} and {self.gap}")
+        if self.frames < 0 or self.gap < 0 or self.block < 1:
+            raise ValueError(f"SpeechWindows needs frames >= 0, gap >= 0 and block >= 1, got frames={self.frames}, "
+                             f"gap={self.gap}, block={self.block}")
 
     @property
     def on(self) -> bool:
@@ -92,34 +98,19 @@ def segment(features: np.ndarray, gap: int, align: int) -> np.ndarray:
     return np.concatenate([features, floor])
 
 
-class WindowStream:
-    """Next-fit packing of a stream of segments into windows of `frames` frames. `add` returns
-    where the segment went (window number, frame offset); `take` hands over the closed windows."""
-
-    def __init__(self, frames: int):
-        self.frames = frames
-        self.count = 0                      # windows opened so far
-        self._current: list[np.ndarray] = []
-        self._used = 0
-        self.closed: list[np.ndarray] = []  # closed windows not yet taken
-
-    def add(self, seg: np.ndarray) -> tuple[int, int]:
-        if self._current and self._used + len(seg) > self.frames:
-            self.close()
-        if not self._current:
-            self.count += 1
-        self._current.append(seg)
-        self._used += len(seg)
-        return self.count - 1, self._used - len(seg)
-
-    def close(self) -> None:
-        if self._current:
-            self.closed.append(np.concatenate(self._current))
-            self._current, self._used = [], 0
-
-    def take(self) -> list[np.ndarray]:
-        out, self.closed = self.closed, []
-        return out
+def first_fit(lengths: Sequence[int], frames: int) -> tuple[list[tuple[int, int]], int]:
+    """First-fit decreasing of segments of `lengths` frames into windows of `frames` frames:
+    ((window, frame offset) of each segment in the given order, windows used). Longest first
+    (ties in the given order), each into the first window with room, else a new one."""
+    used: list[int] = []
+    places: list[tuple[int, int]] = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        w = next((w for w, u in enumerate(used) if u + lengths[i] <= frames), len(used))
+        if w == len(used):
+            used.append(0)
+        places[i] = (w, used[w])
+        used[w] += lengths[i]
+    return places, len(used)
 
 
 def padded(windows: Sequence[np.ndarray], frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,49 +164,64 @@ class FrozenSpeech:
 
 class PackedStream:
     """A stream of utterances through shared windows (FrozenSpeech's, windows on). `add` an
-    utterance's valid log-mel frames; each time `rows` windows are full they are encoded
-    (asynchronously: the previous group is brought back meanwhile); `ready` yields the adapter
-    input frames of every utterance brought back so far, in the order added. The packing
-    depends on the stream only, not on `rows`."""
+    utterance's valid log-mel frames; each full block is packed (first_fit), and each time
+    `rows` packed windows wait they are encoded (asynchronously: the previous group is brought
+    back meanwhile); `ready` yields the adapter input frames of the utterances brought back, in
+    the order added, as far as none is missing. The packing depends on the stream only, not on
+    `rows`."""
 
     def __init__(self, frozen: FrozenSpeech, rows: int):
         self.frozen, self.rows = frozen, rows
-        self._packer = WindowStream(frozen.windows.frames)
-        self._pending: collections.deque = collections.deque()   # (window, offset, positions) not yet back
-        self._done: collections.deque = collections.deque()      # frames back, not yet taken
-        self._in_flight = None                                    # (first window, device outputs)
-        self._dispatched = 0                                      # windows sent to the encoder
+        self._block: list[tuple[np.ndarray, int]] = []          # (segment, positions) not yet packed
+        self._packed: list[np.ndarray] = []                     # windows packed, not yet encoded
+        self._where: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+        #   window -> (utterance, frame offset, positions) of the utterances it holds
+        self._frames: dict[int, np.ndarray] = {}                 # utterance -> frames back, not yet taken
+        self._added = self._taken = 0                            # utterances added / yielded by `ready`
+        self.windows = 0                                         # windows packed so far
+        self._in_flight = None                                   # (first window, device outputs)
+        self._dispatched = 0                                     # windows sent to the encoder
 
     def add(self, features: np.ndarray) -> None:
         f = self.frozen
-        self._pending.append((*self._packer.add(segment(features, f.windows.gap, f.align)),
-                              positions(len(features), f.config)))
-        if len(self._packer.closed) >= self.rows:
-            self._dispatch(self._packer.take())
+        self._block.append((segment(features, f.windows.gap, f.align), positions(len(features), f.config)))
+        if len(self._block) == f.windows.block:
+            self._pack()
+        while len(self._packed) >= self.rows:
+            self._dispatch(self.rows)
 
     def finish(self) -> None:
-        """Encode the windows still open or waiting and bring everything back."""
-        self._packer.close()
-        windows = self._packer.take()
-        for i in range(0, len(windows), self.rows):
-            self._dispatch(windows[i:i + self.rows])
+        """Pack the last block, encode every window still waiting and bring everything back."""
+        self._pack()
+        while self._packed:
+            self._dispatch(min(self.rows, len(self._packed)))
         self._collect()
-
-    @property
-    def windows(self) -> int:
-        """Windows opened so far."""
-        return self._packer.count
 
     def ready(self) -> Iterator[np.ndarray]:
-        while self._done:
-            yield self._done.popleft()
+        while self._taken in self._frames:
+            yield self._frames.pop(self._taken)
+            self._taken += 1
 
-    def _dispatch(self, windows: list[np.ndarray]) -> None:
+    def _pack(self) -> None:
+        if not self._block:
+            return
+        places, count = first_fit([len(seg) for seg, _ in self._block], self.frozen.windows.frames)
+        held: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(count)]
+        for (seg, n), (w, off) in zip(self._block, places):
+            held[w].append((off, seg))
+            self._where[self.windows + w].append((self._added, off, n))
+            self._added += 1
+        self._packed += [np.concatenate([seg for _, seg in sorted(h, key=lambda x: x[0])]) for h in held]
+        self.windows += count
+        self._block = []
+
+    def _dispatch(self, n: int) -> None:
         f = self.frozen
-        outputs = f.encode(f.params, *padded(windows, f.windows.frames))
+        group, self._packed = self._packed[:n], self._packed[n:]
+        outputs = f.encode(f.params, *padded(group, f.windows.frames))
         self._collect()
         self._in_flight = (self._dispatched, outputs)
-        self._dispatched += len(windows)
+        self._dispatched += n
 
     def _collect(self) -> None:
         if self._in_flight is None:
@@ -223,9 +229,9 @@ class PackedStream:
         (first, outputs), self._in_flight = self._in_flight, None
         hidden = np.asarray(jax.device_get(outputs[0]))
         a = self.frozen.align
-        while self._pending and self._pending[0][0] < first + len(hidden):
-            w, off, c = self._pending.popleft()
-            self._done.append(hidden[w - first, off // a:off // a + c].copy())
+        for row in range(len(hidden)):
+            for u, off, c in self._where.pop(first + row):
+                self._frames[u] = hidden[row, off // a:off // a + c].copy()
 
 
 def stacked(frames: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

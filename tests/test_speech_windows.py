@@ -17,7 +17,7 @@ from slm_jax.models.adapter import AdapterConfig
 from slm_jax.models.slm import SLM, SLMConfig
 from slm_jax.models.t5 import T5Config
 from slm_jax.models.whisper import WhisperEncoderConfig
-from slm_jax.speech_windows import FrozenSpeech, PackedStream, SpeechWindows, check_config, positions
+from slm_jax.speech_windows import FrozenSpeech, PackedStream, SpeechWindows, check_config, first_fit, positions
 from slm_jax.task_model import SLMTaskModel
 
 MEL = 80
@@ -58,26 +58,41 @@ def model_outputs(params, config, feats, mask):
 
 def test_packed_outputs_equal_a_packing_by_hand(params):
     """Segments of 20 / 37 / 50 / 12 frames + 10 floor frames, rounded to 8 (one adapter
-    position: Whisper's stride 2 x adapter stride 4): 32, 48, 64, 24 frames. Next-fit into 120
-    frames: [32 + 48], [64 + 24]. Each utterance keeps ceil(ceil(n / 2) / 4) positions from its
-    own offset: the by-hand windows below, encoded by the model without its own silence."""
+    position: Whisper's stride 2 x adapter stride 4): 32, 48, 64, 24 frames. First-fit
+    decreasing into 120 frames: 64 opens window 0, 48 joins it (112), 32 opens window 1, 24
+    joins it: [64 + 48], [32 + 24]. Each utterance keeps ceil(ceil(n / 2) / 4) positions from
+    its own offset: the by-hand windows below, encoded by the model without its own silence."""
     utts = utterances([20, 37, 50, 12])
     feats, mask = batch_of(utts)
     got, got_mask = FrozenSpeech(CONFIG, params["speech_encoder"], SpeechWindows(frames=120, gap=10)).batch(feats, mask)
 
     def seg(u, total):
         return np.concatenate([u, np.full((total - len(u), MEL), u.max() - 2.0, np.float32)])
-    windows = [np.concatenate([seg(utts[0], 32), seg(utts[1], 48)]), np.concatenate([seg(utts[2], 64), seg(utts[3], 24)])]
+    windows = [np.concatenate([seg(utts[2], 64), seg(utts[1], 48)]), np.concatenate([seg(utts[0], 32), seg(utts[3], 24)])]
     w_feats, w_mask = batch_of(windows)
     w_feats = np.pad(w_feats, ((0, 0), (0, 120 - w_feats.shape[1]), (0, 0)))
     w_mask = np.pad(w_mask, ((0, 0), (0, 120 - w_mask.shape[1])))
     silent = dataclasses.replace(CONFIG, speech_encoder=dataclasses.replace(CONFIG.speech_encoder, silence_frames=0))
     hidden, _ = model_outputs(params, silent, w_feats, w_mask)
-    where = [(0, 0, 3), (0, 4, 5), (1, 0, 7), (1, 8, 2)]     # (window, first position, positions)
+    where = [(1, 0, 3), (0, 8, 5), (0, 0, 7), (1, 4, 2)]     # (window, first position, positions)
     assert got_mask.sum(1).tolist() == [c for _, _, c in where]
     for i, (w, p, c) in enumerate(where):
         np.testing.assert_allclose(got[i, :c], hidden[w, p:p + c], rtol=1e-5, atol=1e-5)
         assert not got[i, c:].any()
+
+
+def test_first_fit_decreasing_within_blocks(params):
+    """first_fit places the longest first (ties in stream order) into the first window with
+    room; a segment longer than the window gets one of its own; blocks never share a window."""
+    assert first_fit([30, 70, 50, 50, 20], 100) == ([(0, 70), (0, 0), (1, 0), (1, 50), (2, 0)], 3)
+    assert first_fit([150, 40], 100) == ([(0, 0), (1, 0)], 2)
+    assert first_fit([], 100) == ([], 0)
+    frozen = FrozenSpeech(CONFIG, params["speech_encoder"], SpeechWindows(frames=200, gap=0, block=2))
+    stream = PackedStream(frozen, rows=8)
+    for n in (16, 16, 16, 16, 16):      # blocks [16, 16] [16, 16] [16]: one window each
+        stream.add(np.zeros((n, MEL), np.float32))
+    stream.finish()
+    assert stream.windows == 3 and len(list(stream.ready())) == 5
 
 
 def test_one_utterance_per_window_is_the_models_trailing_silence(params):
@@ -130,7 +145,7 @@ def test_feature_cache_stores_the_streams_windows(params, tmp_path):
                                         config=CONFIG, encoder_params=params["speech_encoder"], weights={"init_seed": 0},
                                         batch_size=rows, read_batch_size=2, verbose=False, windows=windows)
     m1, m3 = build("a", 1), build("b", 3)
-    assert m1["fingerprint"]["speech_windows"] == {"frames": 64, "gap": 4}
+    assert m1["fingerprint"]["speech_windows"] == {"frames": 64, "gap": 4, "block": 64}
     read = lambda d, m: CacheReader(str(tmp_path / d / task / "train"), m).batch(list(range(m["count"])))  # noqa: E731
     a, b = read("a", m1), read("b", m3)
     np.testing.assert_allclose(a["encoded_speech"], b["encoded_speech"], rtol=1e-6, atol=1e-6)
@@ -157,8 +172,10 @@ def test_feature_cache_stores_the_streams_windows(params, tmp_path):
 
 
 def test_settings_the_run_cannot_honour_are_refused():
-    with pytest.raises(ValueError, match="SpeechWindows.frames and .gap must be >= 0"):
+    with pytest.raises(ValueError, match="SpeechWindows needs frames >= 0.*frames=-1"):
         SpeechWindows(frames=-1)
+    with pytest.raises(ValueError, match="SpeechWindows needs .*block=0"):
+        SpeechWindows(frames=100, block=0)
     with pytest.raises(ValueError, match="speech encoder is a ConformerConfig"):
         check_config(SpeechWindows(frames=100), configs.tiny_slm())
     with pytest.raises(ValueError, match="longer than the Whisper encoder's window"):
