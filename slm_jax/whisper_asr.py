@@ -147,12 +147,15 @@ class WhisperASR:
     `transcribe_features` log-mel) in batches. Jitted programs per (batch rows, frames): the
     encoder, and decoding per beam size and max_new_tokens; batch rows are batch_size or the
     next power of two below it. The encoder states of the last `encoded_batches` batches are
-    kept, so a batch decoded again (another task or language) skips the encoder."""
+    kept, so a batch decoded again (another task or language) skips the encoder.
+    encoder_matmul_dtype: WhisperEncoderConfig.matmul_dtype (None: float32, ctranslate2's numbers)."""
 
     def __init__(self, model_dir: str, *, batch_size: int = 16, frame_bucket: int = 100,
-                 max_new_tokens: int = 64, dtype=jnp.float32, encoded_batches: int = 16):
+                 max_new_tokens: int = 64, dtype=jnp.float32, encoded_batches: int = 16,
+                 encoder_matmul_dtype=None):
         self.model_dir = str(model_dir)
-        self.encoder_config, self.decoder_config, params = load_whisper(self.model_dir, dtype=dtype)
+        self.encoder_config, self.decoder_config, params = load_whisper(self.model_dir, dtype=dtype,
+                                                                        matmul_dtype=encoder_matmul_dtype)
         self.params = jax.device_put(params)
         self.tokenizer = WhisperTokenizer(self.model_dir)
         self.batch_size, self.frame_bucket, self.max_new_tokens = batch_size, frame_bucket, max_new_tokens

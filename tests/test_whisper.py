@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 import flax.linen as nn
+import ml_dtypes
 from safetensors.numpy import load_file, save_file
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperModel
 
 from slm_jax.checkpoints.hf_common import CheckpointError
 from slm_jax.checkpoints.hf_whisper import load_hf_whisper_encoder
+from slm_jax.models import layers
 from slm_jax.models.whisper import WhisperEncoder, WhisperEncoderConfig
 from slm_jax.partitioning import LOGICAL_AXES, check_logical_axes
 
@@ -98,6 +100,36 @@ def test_parity_with_transformers_whisper_encoder(hf_dir, loaded):
     print(f"Whisper parity (all-valid mask): max abs diff {diff_m:.2e}")
     assert diff_m <= PARITY_TOL
     assert np.asarray(out_mask_m).all()
+
+
+def test_operand_dot_is_a_bfloat16_product_accumulated_in_float32():
+    """layers.operand_dot: operands rounded to bfloat16, products summed in float32: equal to
+    numpy on the rounded operands (float64 sums) up to float32 summation order (1e-5 relative)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((300, 48)).astype(np.float32)
+    dot = layers.operand_dot(jnp.bfloat16)
+    out = np.asarray(jax.jit(lambda a, b: dot(a, b, (((1,), (0,)), ((), ()))))(a, b))
+    assert out.dtype == np.float32
+    rounded = lambda x: np.asarray(x.astype(ml_dtypes.bfloat16), np.float64)  # noqa: E731
+    ref = rounded(a) @ rounded(b)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert np.abs(out - a.astype(np.float64) @ b).max() > 1e-3   # the rounding is real
+    assert layers.operand_dot(None) is None
+
+
+def test_bfloat16_matmuls_stay_near_transformers(hf_dir, loaded):
+    """WhisperEncoderConfig.matmul_dtype = bfloat16 (projections and MLP): against PyTorch's
+    float32 encoder the outputs differ by at most 2% of their largest value (bfloat16 keeps 8
+    significant bits: 0.4% per operand); float32 stays within PARITY_TOL."""
+    _, model = hf_dir
+    cfg, params = loaded
+    x, _ = _padded_batch((2 * MAX_POS,) * 2, 2 * MAX_POS, seed=3)
+    with torch.no_grad():
+        ref = model.encoder(torch.from_numpy(x).transpose(1, 2)).last_hidden_state.numpy()
+    low = np.asarray(_apply(dataclasses.replace(cfg, matmul_dtype="bfloat16"), params, x)[0])
+    full = np.asarray(_apply(dataclasses.replace(cfg, matmul_dtype="float32"), params, x)[0])
+    assert np.abs(full - ref).max() <= PARITY_TOL
+    assert 1e-4 < np.abs(low - ref).max() <= 0.02 * np.abs(ref).max()
 
 
 def test_import_from_conditional_generation_layout(tmp_path):

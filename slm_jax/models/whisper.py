@@ -56,6 +56,9 @@ class WhisperEncoderConfig:
     max_source_positions: int = 1500      # output frames of a 30 s window (input: twice that)
     dropout_rate: float = 0.0             # after the front end and every residual branch
     dtype: Any = jnp.float32              # compute dtype; params stay float32
+    # operands of the layers' projections and MLP cast to this dtype, products in float32
+    # (layers.operand_dot; e.g. "bfloat16"); None: the compute dtype
+    matmul_dtype: Any = None
     scan_layers: bool = False             # layers under nn.scan, params stacked under "layers"
     remat_policy: str = "none"            # layers.REMAT_POLICIES
     silence_frames: int = 0               # log-mel frames of silence attended after each utterance (docstring)
@@ -131,14 +134,15 @@ def with_silence(features: Array, mask: Array, frames: int) -> tuple[Array, Arra
     return x, valid | silence
 
 
-def _dense_general(features, axes, *, axis=-1, use_bias=True, dtype=jnp.float32, name=None) -> nn.DenseGeneral:
+def _dense_general(features, axes, *, axis=-1, use_bias=True, dtype=jnp.float32, operand_dtype=None,
+                   name=None) -> nn.DenseGeneral:
     """nn.DenseGeneral whose kernel and bias carry logical axis names (kernel: in..., out...)."""
     n_out = len(features) if isinstance(features, tuple) else 1
     return nn.DenseGeneral(
         features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), tuple(axes)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes[-n_out:])),
-        name=name)
+        dot_general=layers.operand_dot(operand_dtype), name=name)
 
 
 def _conv(features: int, in_axis: str, stride: int, dtype, name: str) -> nn.Conv:
@@ -165,12 +169,12 @@ class SelfAttention(nn.Module):
         cfg = self.config
         heads, hd = cfg.encoder_attention_heads, cfg.head_dim
         proj = lambda name, bias: _dense_general((heads, hd), ("embed", "heads", "kv"), use_bias=bias,
-                                                 dtype=cfg.dtype, name=name)
+                                                 dtype=cfg.dtype, operand_dtype=cfg.matmul_dtype, name=name)
         q = proj("query", True)(x[:, ::self.query_stride])                          # [B, T', heads, hd]
         k, v = proj("key", False)(x), proj("value", True)(x)                         # [B, T, heads, hd]
         out = layers.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, dtype=cfg.dtype)
         return _dense_general(cfg.d_model, ("heads", "kv", "embed"), axis=(-2, -1), dtype=cfg.dtype,
-                              name="out")(out)
+                              operand_dtype=cfg.matmul_dtype, name="out")(out)
 
 
 class WhisperEncoderLayer(nn.Module):
@@ -187,9 +191,10 @@ class WhisperEncoderLayer(nn.Module):
         s = self.output_stride
         x = x[:, ::s] + drop(SelfAttention(cfg, s, name="self_attn")(norm("self_attn_layer_norm")(x), attn_mask))
         h = layers.dense(cfg.encoder_ffn_dim, ("embed", "mlp"), use_bias=True, dtype=cfg.dtype,
-                         name="fc1")(norm("final_layer_norm")(x))
+                         operand_dtype=cfg.matmul_dtype, name="fc1")(norm("final_layer_norm")(x))
         h = nn.with_logical_constraint(_gelu(h), ("batch", "length", "mlp"))
-        x = x + drop(layers.dense(cfg.d_model, ("mlp", "embed"), use_bias=True, dtype=cfg.dtype, name="fc2")(h))
+        x = x + drop(layers.dense(cfg.d_model, ("mlp", "embed"), use_bias=True, dtype=cfg.dtype,
+                                  operand_dtype=cfg.matmul_dtype, name="fc2")(h))
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
