@@ -36,6 +36,7 @@ if __name__ == "__main__":
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -46,10 +47,11 @@ import gin
 import seqio
 
 from slm_jax import configs  # noqa: F401  (registers the model configs with gin)
-from slm_jax import demo_baselines, demo_report, eval_lib, gin_utils, train_lib
+from slm_jax import cpu_lanes, demo_baselines, demo_report, eval_lib, gin_utils, train_lib
 from slm_jax.checkpoints.params_io import load_params
 from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
+from slm_jax.models.whisper import WhisperEncoderConfig
 from slm_jax.progress import Progress
 from slm_jax.speech_windows import SpeechWindows
 from slm_jax.whisper_asr import WhisperASR
@@ -60,6 +62,7 @@ LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
 SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/demo_slm_conformer.gin"}
 ALONE = ("SpeechWindows.frames = 0",)   # each utterance alone in its encoder window
 STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
+STAGE_LANES = "stage_lanes"   # results/stage_lanes.json: stages run in the second lane (DemoConfig.parallel)
 
 
 @gin.configurable
@@ -80,7 +83,10 @@ class DemoConfig:
       tasks/augment.py; the module must be imported, as gin/runs/demo_slm.gin does).
     depth_steps: adapter training steps of some depths ({depth: steps}); the others train the
       SLM gin file's RunConfig.train_steps, and a RunConfig.train_steps in slm_bindings applies
-      to every depth. The report lists every depth's steps."""
+      to every depth. The report lists every depth's steps.
+    parallel: once the main depth is trained, score it and the baselines in a second process
+      on half the CPUs while this one trains and scores the other depths (slm_jax.cpu_lanes;
+      with one CPU they run in turn)."""
     run_dir: str = "runs/demo"
     world: str = "demo"
     speech_foundation: str = "whisper_base"
@@ -92,6 +98,7 @@ class DemoConfig:
     fsdd_examples: int | None = None
     slm_mixture: str = "asr_ast"
     depth_steps: Mapping[int, int] | None = None
+    parallel: bool = True
     llm_bindings: Sequence[str] = ()
     encoder_bindings: Sequence[str] = ()
     slm_bindings: Sequence[str] = ()
@@ -133,6 +140,7 @@ class Demo:
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
         # the same with the frozen encoder's outputs, by `alone` (each utterance alone in its window)
         self.encoded_data: dict[bool, eval_lib.EvalDataCache] = {}
+        self.lane: str | None = None   # this process's lane, when it is not the main one
 
     def task(self, suffix: str) -> str:
         return demo_report.task_name(self.cfg.world, suffix)
@@ -168,19 +176,32 @@ class Demo:
         yield
         seconds = time.time() - t0
         log(f"{name}: done in {seconds:.0f} s")
-        times = self.stage_times()
-        if name in times and not replace:
-            return
-        times[name] = round(seconds, 1)
         os.makedirs(os.path.dirname(self.result_path(STAGE_TIMES)), exist_ok=True)
-        with open(self.result_path(STAGE_TIMES), "w") as f:
-            json.dump(times, f, indent=1)
+        with open(self.result_path(STAGE_TIMES) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)   # the demo's two lanes (DemoConfig.parallel) both write
+            times = self.stage_times()
+            if name in times and not replace:
+                return
+            times[name] = round(seconds, 1)
+            with open(self.result_path(STAGE_TIMES), "w") as f:
+                json.dump(times, f, indent=1)
+            if self.lane:
+                lanes = {**self.stage_lanes(), name: self.lane}
+                with open(self.result_path(STAGE_LANES), "w") as f:
+                    json.dump(lanes, f, indent=1)
 
     def stage_times(self) -> dict[str, float]:
         """Wall seconds of each stage run so far in this run directory, in the order run."""
-        path = self.result_path(STAGE_TIMES)
+        return self.read_result(STAGE_TIMES, {})
+
+    def stage_lanes(self) -> dict[str, str]:
+        """The stages that ran in a lane other than the main process's, with that lane's name."""
+        return self.read_result(STAGE_LANES, {})
+
+    def read_result(self, name: str, default: Any) -> Any:
+        path = self.result_path(name)
         if not os.path.exists(path):
-            return {}
+            return default
         with open(path) as f:
             return json.load(f)
 
@@ -301,9 +322,13 @@ class Demo:
         return self.whisper_cascade_scores() if self.whisper else self.ctc_cascade_scores()
 
     def whisper_cascade_scores(self) -> dict:
-        """Whisper base's own ASR (and X -> en translation) -> text LLM; see demo_baselines."""
+        """Whisper base's own ASR (and X -> en translation) -> text LLM; see demo_baselines. Its
+        encoder multiplies in the SLM's frozen encoder's matmul_dtype (both read Whisper alike)."""
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
-        whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path))
+        with self.slm_stage(self.cfg.main_depth):
+            matmul_dtype = WhisperEncoderConfig().matmul_dtype
+        # built outside the stage's gin scope: the SLM's encoder bindings (silence_frames) are not Whisper's own
+        whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path, encoder_matmul_dtype=matmul_dtype))
         with self.slm_stage(self.cfg.main_depth):
             names = self.eval_task_names() + self.fsdd_tasks()
             out, progress = {}, Progress(len(names), desc="cascade", unit="task")
@@ -351,10 +376,14 @@ class Demo:
         return names
 
     # ------------------------------------------------------------------ report
-    def evaluations(self, nolist: Sequence[str], fsdd_tasks: Sequence[str]) -> dict:
-        """Every system's scores (each cached as results/<name>.json)."""
-        depths, main = self.cfg.depths, self.cfg.main_depth
-        asr_ast = [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
+    def asr_ast_tasks(self) -> list[str]:
+        return [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
+
+    def main_evaluations(self) -> dict:
+        """The main depth's scores and the baselines' (each cached as results/<name>.json): what
+        the second lane computes while the other depths train (DemoConfig.parallel)."""
+        main = self.cfg.main_depth
+        nolist, fsdd_tasks = self.register_nolist_tasks(), self.fsdd_tasks()
         zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
                                   + [self.task(f"biasing_{lang}") for lang in LANGS] + list(nolist), "zeroshot")
         alone = {}
@@ -362,25 +391,33 @@ class Demo:
             zero_shot = {**zero_shot, **self.eval_slm(main, fsdd_tasks, "fsdd", split="test")}
             if self.shared_windows():
                 alone = self.eval_slm(main, fsdd_tasks, "fsdd_alone", split="test", alone=True)
-        return {"fsdd_alone": alone, "per_depth": {str(d): self.eval_slm(d, asr_ast, f"depth{d}") for d in depths},
-                "zero_shot": zero_shot,
+        return {"fsdd_alone": alone, "zero_shot": zero_shot,
+                "per_depth": {str(main): self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")},
                 "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
                                            untrained=True),
                 "cascade": self.cached("cascade", self.cascade_scores),
-                "majority": self.cached("majority", self.majority_scores),
-                "text_after": self.cached("llm_text_after", self.text_scores)}
+                "majority": self.cached("majority", self.majority_scores)}
+
+    def evaluations(self) -> dict:
+        """Every system's scores (each cached as results/<name>.json); the LLM's text scores
+        last, after every adapter has trained."""
+        rep = self.main_evaluations()
+        rep["per_depth"] = {str(d): self.eval_slm(d, self.asr_ast_tasks(), f"depth{d}") for d in self.cfg.depths}
+        rep["text_after"] = self.cached("llm_text_after", self.text_scores)
+        return rep
 
     def fsdd_tasks(self) -> list[str]:
         return [n for n in ("fsdd_asr_en", "fsdd_digits") if self.cfg.fsdd and n in seqio.TaskRegistry.names()]
 
-    def report(self, train_results: dict, text_before: dict, llm_sha_before: str) -> dict:
-        nolist = self.register_nolist_tasks()
-        fsdd_tasks = self.fsdd_tasks()
-        rep = self.evaluations(nolist, fsdd_tasks)
+    def report(self, train_results: dict, text_before: dict, llm_sha_before: str, wall_seconds: float) -> dict:
+        """Every evaluation (cached), then results/report.json, report.md and the plots;
+        wall_seconds: this invocation's time so far."""
+        rep = self.evaluations()
+        nolist, fsdd_tasks = self.register_nolist_tasks(), self.fsdd_tasks()
         rep.update(text_before=text_before, llm_sha=[llm_sha_before, sha16(self.llm_path)],
                    param_counts=self.cached("param_counts", self.param_counts),
                    train={str(k): v for k, v in train_results.items()}, train_curves=self.train_curves(),
-                   stage_times=self.stage_times())
+                   stage_times=self.stage_times(), stage_lanes=self.stage_lanes(), wall_seconds=wall_seconds)
         rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
                        "speech_foundation": self.cfg.speech_foundation, "slm_mixture": self.task(self.cfg.slm_mixture),
                        "fsdd_examples": self.cfg.fsdd_examples,
@@ -422,14 +459,37 @@ def run_demo(cfg: DemoConfig) -> dict:
     log(f"stage 4/5 SLM adapters, depths {list(cfg.depths)}")
     if any(not os.path.exists(d.result_path(f"train_slm_depth{depth}")) for depth in cfg.depths):
         d.feature_cache()
-    train_results = {}
-    for depth in cfg.depths:
-        log(f"  adapter depth {depth}")
-        train_results[depth] = d.train_slm(depth)
+    log(f"  adapter depth {cfg.main_depth}")
+    train_results = {cfg.main_depth: d.train_slm(cfg.main_depth)}
+    others = [depth for depth in cfg.depths if depth != cfg.main_depth]
+    # the main depth's evaluations and the baselines beside the other depths (DemoConfig.parallel)
+    lane = (cpu_lanes.second_lane(evaluation_lane, (cfg, _T0), name="demo evaluation lane")
+            if cfg.parallel and others else contextlib.nullcontext(False))
+    with lane as side_by_side:
+        if side_by_side:
+            log("stage 5/5 (second lane): the main depth's evaluations and the baselines")
+        for depth in others:
+            log(f"  adapter depth {depth}")
+            train_results[depth] = d.train_slm(depth)
+            d.eval_slm(depth, d.asr_ast_tasks(), f"depth{depth}")
     log("stage 5/5 evaluation and report")
-    report = d.report(train_results, text_before, llm_sha_before)
+    report = d.report({depth: train_results[depth] for depth in cfg.depths}, text_before, llm_sha_before,
+                      time.time() - t0)
     log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")
     return report
+
+
+def evaluation_lane(cfg: DemoConfig, start: float) -> None:
+    """The demo's second lane (a fresh process): `Demo.main_evaluations`, its log lines timed
+    from the parent's `start`. Each stage parses its own gin files (Demo.stage), so the parent's
+    global config is not needed."""
+    global _T0
+    _T0 = start
+    gin_utils.enable_compilation_cache()
+    d = Demo(cfg)
+    d.lane = "second"
+    d.speech_foundation()   # finds (or reads back) the speech foundation the parent set up
+    d.main_evaluations()
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -189,18 +189,27 @@ def markdown(rep: Mapping[str, Any]) -> str:
     lines += ["| depth | final loss | accuracy | steps |", "|---|---|---|---|"]
     for k, v in rep["train"].items():
         lines.append(f"| {k} | {v.get('loss', float('nan')):.4f} | {v.get('accuracy', float('nan')):.3f} | {v.get('step')} |")
-    lines += stage_times_table(rep.get("stage_times") or {})
+    lines += stage_times_table(rep.get("stage_times") or {}, rep.get("stage_lanes") or {}, rep.get("wall_seconds"))
     return "\n".join(lines) + "\n"
 
 
-def stage_times_table(times: Mapping[str, float]) -> list[str]:
-    """Wall time of each stage (results/stage_times.json), in the order they ran, and their sum."""
+def stage_times_table(times: Mapping[str, float], lanes: Mapping[str, str] | None = None,
+                      wall_seconds: float | None = None) -> list[str]:
+    """Wall time of each stage (results/stage_times.json), in the order they ran, the lane of
+    those that ran beside the main process (results/stage_lanes.json), their sum, and the
+    invocation's wall time."""
     if not times:
         return []
+    lanes = lanes or {}
     lines = ["", "## Stage times\n", "Wall time of each stage on this machine, in the order run (a resumed run lists "
-             "the times of the invocation that ran each stage).\n", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
-    lines.append(f"| **all stages** | **{sum(times.values()):.0f}** ({sum(times.values()) / 60:.1f} min) |")
+             "the times of the invocation that ran each stage)."
+             + (" Stages of the second lane ran in a second process on half the CPUs, beside the main lane's "
+                "(DemoConfig.parallel), so the stages add up to more than the wall time." if lanes else "") + "\n",
+             "| stage | lane | seconds |", "|---|---|---|"]
+    lines += [f"| {name} | {lanes.get(name, 'main')} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines.append(f"| **all stages (sum)** | | **{sum(times.values()):.0f}** ({sum(times.values()) / 60:.1f} min) |")
+    if wall_seconds is not None:
+        lines.append(f"| **wall time of this invocation** | | **{wall_seconds:.0f}** ({wall_seconds / 60:.1f} min) |")
     return lines
 
 

@@ -40,5 +40,22 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
     assert done and done[-1][0] == done[-1][1] and len(done) == int(done[-1][1]), done
 
 
+def test_quick_demo_scores_in_two_lanes(quick_run):
+    """Depth 0 trains and is scored here while a second process scores depth 2 and the
+    baselines (DemoConfig.parallel); the report holds both lanes' results and stage times."""
+    run_dir, log = quick_run
+    assert "stage 5/5 (second lane)" in log
+    rep = demo_checks.report(run_dir)
+    assert sorted(rep["per_depth"]) == ["0", "2"]
+    assert {"train_slm_depth0", "eval_depth0", "eval_depth2", "eval_zeroshot", "cascade"} <= set(rep["stage_times"])
+    assert {"eval_depth2", "eval_zeroshot", "cascade"} <= set(rep["stage_lanes"])
+    assert not {"train_slm_depth0", "eval_depth0", "llm_text_after"} & set(rep["stage_lanes"])
+    assert "| cascade | second |" in (run_dir / "report.md").read_text()
+    # the second lane started once depth 2 had trained, before depth 0 did
+    lines = log.splitlines()
+    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
+    assert first("train_slm_depth2: done") < first("second lane") < first("train_slm_depth0: done")
+
+
 def test_quick_demo_stages_are_cached(quick_run):
     demo_checks.check_cached(quick_run[0], GIN, "speech foundation: Whisper base")
