@@ -62,7 +62,8 @@ LLM_GIN, ENCODER_GIN = "gin/runs/demo_llm.gin", "gin/runs/demo_encoder.gin"
 SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/demo_slm_conformer.gin"}
 ALONE = ("SpeechWindows.frames = 0",)   # each utterance alone in its encoder window
 STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
-STAGE_LANES = "stage_lanes"   # results/stage_lanes.json: stages run in the second lane (DemoConfig.parallel)
+STAGE_LANES = "stage_lanes"   # results/stage_lanes.json: the lane each lane stage ran in (run_demo)
+LANES = ("1", "2")            # run_demo's lanes: the main depth; the other depths and the baselines
 
 
 @gin.configurable
@@ -84,9 +85,9 @@ class DemoConfig:
     depth_steps: adapter training steps of some depths ({depth: steps}); the others train the
       SLM gin file's RunConfig.train_steps, and a RunConfig.train_steps in slm_bindings applies
       to every depth. The report lists every depth's steps.
-    parallel: once the main depth is trained, score it and the baselines in a second process
-      on half the CPUs while this one trains and scores the other depths (slm_jax.cpu_lanes;
-      with one CPU they run in turn)."""
+    parallel: once the feature cache is built, two lanes run side by side, each a process on
+      half the CPUs (slm_jax.cpu_lanes): the main depth trained and scored; the other depths
+      trained and scored, then the baselines. Off (or with one CPU) they run in turn here."""
     run_dir: str = "runs/demo"
     world: str = "demo"
     speech_foundation: str = "whisper_base"
@@ -140,7 +141,7 @@ class Demo:
         self.eval_data = eval_lib.EvalDataCache()   # bounded eval samples, shared by every system scored
         # the same with the frozen encoder's outputs, by `alone` (each utterance alone in its window)
         self.encoded_data: dict[bool, eval_lib.EvalDataCache] = {}
-        self.lane: str | None = None   # this process's lane, when it is not the main one
+        self.lane: str | None = None   # the run_demo lane this Demo runs (LANES), if any
 
     def task(self, suffix: str) -> str:
         return demo_report.task_name(self.cfg.world, suffix)
@@ -195,7 +196,7 @@ class Demo:
         return self.read_result(STAGE_TIMES, {})
 
     def stage_lanes(self) -> dict[str, str]:
-        """The stages that ran in a lane other than the main process's, with that lane's name."""
+        """The stages run_demo's lanes ran, with their lane (LANES)."""
         return self.read_result(STAGE_LANES, {})
 
     def read_result(self, name: str, default: Any) -> Any:
@@ -379,9 +380,8 @@ class Demo:
     def asr_ast_tasks(self) -> list[str]:
         return [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
 
-    def main_evaluations(self) -> dict:
-        """The main depth's scores and the baselines' (each cached as results/<name>.json): what
-        the second lane computes while the other depths train (DemoConfig.parallel)."""
+    def main_depth_evaluations(self) -> dict:
+        """The main depth's scores (each cached as results/<name>.json), and the untrained adapter's."""
         main = self.cfg.main_depth
         nolist, fsdd_tasks = self.register_nolist_tasks(), self.fsdd_tasks()
         zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
@@ -394,17 +394,23 @@ class Demo:
         return {"fsdd_alone": alone, "zero_shot": zero_shot,
                 "per_depth": {str(main): self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")},
                 "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
-                                           untrained=True),
-                "cascade": self.cached("cascade", self.cascade_scores),
+                                           untrained=True)}
+
+    def baselines(self) -> dict:
+        """The speech foundation's own rows and the cascade, and the most-frequent-answer rates (cached)."""
+        return {"cascade": self.cached("cascade", self.cascade_scores),
                 "majority": self.cached("majority", self.majority_scores)}
 
     def evaluations(self) -> dict:
         """Every system's scores (each cached as results/<name>.json); the LLM's text scores
         last, after every adapter has trained."""
-        rep = self.main_evaluations()
+        rep = {**self.main_depth_evaluations(), **self.baselines()}
         rep["per_depth"] = {str(d): self.eval_slm(d, self.asr_ast_tasks(), f"depth{d}") for d in self.cfg.depths}
         rep["text_after"] = self.cached("llm_text_after", self.text_scores)
         return rep
+
+    def other_depths(self) -> list[int]:
+        return [depth for depth in self.cfg.depths if depth != self.cfg.main_depth]
 
     def fsdd_tasks(self) -> list[str]:
         return [n for n in ("fsdd_asr_en", "fsdd_digits") if self.cfg.fsdd and n in seqio.TaskRegistry.names()]
@@ -459,19 +465,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     log(f"stage 4/5 SLM adapters, depths {list(cfg.depths)}")
     if any(not os.path.exists(d.result_path(f"train_slm_depth{depth}")) for depth in cfg.depths):
         d.feature_cache()
-    log(f"  adapter depth {cfg.main_depth}")
-    train_results = {cfg.main_depth: d.train_slm(cfg.main_depth)}
-    others = [depth for depth in cfg.depths if depth != cfg.main_depth]
-    # the main depth's evaluations and the baselines beside the other depths (DemoConfig.parallel)
-    lane = (cpu_lanes.second_lane(evaluation_lane, (cfg, _T0), name="demo evaluation lane")
-            if cfg.parallel and others else contextlib.nullcontext(False))
-    with lane as side_by_side:
-        if side_by_side:
-            log("stage 5/5 (second lane): the main depth's evaluations and the baselines")
-        for depth in others:
-            log(f"  adapter depth {depth}")
-            train_results[depth] = d.train_slm(depth)
-            d.eval_slm(depth, d.asr_ast_tasks(), f"depth{depth}")
+    # two lanes side by side (DemoConfig.parallel), each a process on half the CPUs: the main depth
+    # trained and scored; the other depths trained and scored, then the baselines
+    side_by_side = cfg.parallel and cpu_lanes.share_cpus(len(LANES)) is not None
+    lanes = [(main_depth_lane, (cfg, _T0, side_by_side)), (other_depths_lane, (cfg, _T0, side_by_side))]
+    log(f"  lane 1: adapter depth {cfg.main_depth}, then its evaluations; lane 2: adapter depths "
+        f"{d.other_depths()}, then the baselines" + (" (side by side)" if side_by_side else " (in turn)"))
+    cpu_lanes.run_side_by_side(lanes, LANES, parallel=side_by_side)
+    train_results = {depth: d.train_slm(depth) for depth in cfg.depths}   # read back from results/
     log("stage 5/5 evaluation and report")
     report = d.report({depth: train_results[depth] for depth in cfg.depths}, text_before, llm_sha_before,
                       time.time() - t0)
@@ -479,17 +480,35 @@ def run_demo(cfg: DemoConfig) -> dict:
     return report
 
 
-def evaluation_lane(cfg: DemoConfig, start: float) -> None:
-    """The demo's second lane (a fresh process): `Demo.main_evaluations`, its log lines timed
-    from the parent's `start`. Each stage parses its own gin files (Demo.stage), so the parent's
-    global config is not needed."""
+def lane_demo(cfg: DemoConfig, start: float, lane: str | None) -> Demo:
+    """The Demo of one of run_demo's lanes (a fresh process, or this one in turn, lane None):
+    log lines timed from the demo's `start`, the speech foundation found again. Each stage
+    parses its own gin files (Demo.stage), so no global gin config is needed."""
     global _T0
     _T0 = start
     gin_utils.enable_compilation_cache()
     d = Demo(cfg)
-    d.lane = "second"
-    d.speech_foundation()   # finds (or reads back) the speech foundation the parent set up
-    d.main_evaluations()
+    d.lane = lane
+    d.speech_foundation()
+    return d
+
+
+def main_depth_lane(cfg: DemoConfig, start: float, side_by_side: bool) -> None:
+    """Lane 1: the main depth trained, then its evaluations."""
+    d = lane_demo(cfg, start, LANES[0] if side_by_side else None)
+    log(f"  adapter depth {cfg.main_depth}")
+    d.train_slm(cfg.main_depth)
+    d.main_depth_evaluations()
+
+
+def other_depths_lane(cfg: DemoConfig, start: float, side_by_side: bool) -> None:
+    """Lane 2: every other depth trained and scored, then the baselines."""
+    d = lane_demo(cfg, start, LANES[1] if side_by_side else None)
+    for depth in d.other_depths():
+        log(f"  adapter depth {depth}")
+        d.train_slm(depth)
+        d.eval_slm(depth, d.asr_ast_tasks(), f"depth{depth}")
+    d.baselines()
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

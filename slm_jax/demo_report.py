@@ -203,10 +203,11 @@ def stage_times_table(times: Mapping[str, float], lanes: Mapping[str, str] | Non
     lanes = lanes or {}
     lines = ["", "## Stage times\n", "Wall time of each stage on this machine, in the order run (a resumed run lists "
              "the times of the invocation that ran each stage)."
-             + (" Stages of the second lane ran in a second process on half the CPUs, beside the main lane's "
-                "(DemoConfig.parallel), so the stages add up to more than the wall time." if lanes else "") + "\n",
+             + (" Stages of lanes 1 and 2 ran side by side, each lane a process on half the CPUs "
+                "(DemoConfig.parallel), so the stages add up to more than the wall time; the others ran "
+                "on every CPU." if lanes else "") + "\n",
              "| stage | lane | seconds |", "|---|---|---|"]
-    lines += [f"| {name} | {lanes.get(name, 'main')} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines += [f"| {name} | {lanes.get(name, 'all CPUs')} | {seconds:.0f} |" for name, seconds in times.items()]
     lines.append(f"| **all stages (sum)** | | **{sum(times.values()):.0f}** ({sum(times.values()) / 60:.1f} min) |")
     if wall_seconds is not None:
         lines.append(f"| **wall time of this invocation** | | **{wall_seconds:.0f}** ({wall_seconds / 60:.1f} min) |")

@@ -41,20 +41,22 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
 
 
 def test_quick_demo_scores_in_two_lanes(quick_run):
-    """Depth 0 trains and is scored here while a second process scores depth 2 and the
-    baselines (DemoConfig.parallel); the report holds both lanes' results and stage times."""
+    """After the feature cache, two processes run side by side (DemoConfig.parallel): lane 1
+    trains and scores depth 2, lane 2 depth 0 and then the baselines; the report holds both
+    lanes' results, and each stage's lane."""
     run_dir, log = quick_run
-    assert "stage 5/5 (second lane)" in log
+    assert "(side by side)" in log
     rep = demo_checks.report(run_dir)
     assert sorted(rep["per_depth"]) == ["0", "2"]
-    assert {"train_slm_depth0", "eval_depth0", "eval_depth2", "eval_zeroshot", "cascade"} <= set(rep["stage_times"])
-    assert {"eval_depth2", "eval_zeroshot", "cascade"} <= set(rep["stage_lanes"])
-    assert not {"train_slm_depth0", "eval_depth0", "llm_text_after"} & set(rep["stage_lanes"])
-    assert "| cascade | second |" in (run_dir / "report.md").read_text()
-    # the second lane started once depth 2 had trained, before depth 0 did
+    lanes = rep["stage_lanes"]
+    assert {lanes[k] for k in ("train_slm_depth2", "eval_depth2", "eval_zeroshot", "eval_untrained")} == {"1"}
+    assert {lanes[k] for k in ("train_slm_depth0", "eval_depth0", "cascade", "majority")} == {"2"}
+    assert not {"feature_cache", "llm_text_after"} & set(lanes)
+    md = (run_dir / "report.md").read_text()
+    assert "| cascade | 2 |" in md and "| feature_cache | all CPUs |" in md
     lines = log.splitlines()
     first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
-    assert first("train_slm_depth2: done") < first("second lane") < first("train_slm_depth0: done")
+    assert first("feature_cache: done") < first("train_slm_depth0: done") < first("llm_text_after: done")
 
 
 def test_quick_demo_stages_are_cached(quick_run):
