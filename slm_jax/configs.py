@@ -12,6 +12,7 @@ import gin
 import jax.numpy as jnp
 
 from slm_jax.features import FeatureConfig
+from slm_jax.models import layers
 from slm_jax.models.adapter import AdapterConfig
 from slm_jax.models.conformer import ConformerConfig
 from slm_jax.models.slm import SLMConfig
@@ -20,6 +21,8 @@ from slm_jax.models.whisper import WhisperEncoderConfig
 
 for _cls in (AdapterConfig, ConformerConfig, FeatureConfig, SLMConfig, T5Config, WhisperEncoderConfig):
     gin.external_configurable(_cls, module="slm_jax")
+# e.g. WhisperEncoderConfig.matmul_dtype = @slm_jax.bfloat16_where_fast()
+gin.external_configurable(layers.bfloat16_where_fast, module="slm_jax")
 gin.constant("jnp.float32", jnp.float32)
 gin.constant("jnp.bfloat16", jnp.bfloat16)
 

@@ -51,7 +51,6 @@ from slm_jax import cpu_lanes, demo_baselines, demo_report, eval_lib, gin_utils,
 from slm_jax.checkpoints.params_io import load_params
 from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
-from slm_jax.models.whisper import WhisperEncoderConfig
 from slm_jax.progress import Progress
 from slm_jax.speech_windows import SpeechWindows
 from slm_jax.whisper_asr import WhisperASR
@@ -327,7 +326,8 @@ class Demo:
         encoder multiplies in the SLM's frozen encoder's matmul_dtype (both read Whisper alike)."""
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
         with self.slm_stage(self.cfg.main_depth):
-            matmul_dtype = WhisperEncoderConfig().matmul_dtype
+            matmul_dtype = train_lib.RunConfig().model.config.speech_encoder.matmul_dtype
+        log(f"Whisper baselines: encoder matmul operands in {matmul_dtype or 'float32'} (the SLM's)")
         # built outside the stage's gin scope: the SLM's encoder bindings (silence_frames) are not Whisper's own
         whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path, encoder_matmul_dtype=matmul_dtype))
         with self.slm_stage(self.cfg.main_depth):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import demo_checks
+from slm_jax.models import layers
 
 GIN = "gin/runs/demo_quick.gin"
 WER_BOUND = 0.6    # quick run, 400 adapter steps on the tiny world's training utterances
@@ -54,6 +55,8 @@ def test_quick_demo_scores_in_two_lanes(quick_run):
     assert not {"feature_cache", "llm_text_after"} & set(lanes)
     md = (run_dir / "report.md").read_text()
     assert "| cascade | 2 |" in md and "| feature_cache | all CPUs |" in md
+    # the Whisper baselines read Whisper as the SLM's frozen encoder does (gin/models/demo.gin)
+    assert f"encoder matmul operands in {layers.bfloat16_where_fast() or 'float32'} (the SLM's)" in log
     lines = log.splitlines()
     first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
     assert first("feature_cache: done") < first("train_slm_depth0: done") < first("llm_text_after: done")

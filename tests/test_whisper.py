@@ -117,6 +117,19 @@ def test_operand_dot_is_a_bfloat16_product_accumulated_in_float32():
     assert layers.operand_dot(None) is None
 
 
+def test_bfloat16_where_fast_reads_the_cpu_flags(tmp_path):
+    """On the CPU backend: bfloat16 with AVX512-BF16 or AMX-BF16 in the CPU flags, else None."""
+    assert jax.default_backend() == "cpu"
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert layers.bfloat16_where_fast(str(info)) == "bfloat16"
+    info.write_text("flags\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert layers.bfloat16_where_fast(str(info)) == "bfloat16"
+    info.write_text("flags\t: fpu avx2 avx512f avx512_bf16x\n")
+    assert layers.bfloat16_where_fast(str(info)) is None
+    assert layers.bfloat16_where_fast(str(tmp_path / "missing")) is None
+
+
 def test_bfloat16_matmuls_stay_near_transformers(hf_dir, loaded):
     """WhisperEncoderConfig.matmul_dtype = bfloat16 (projections and MLP): against PyTorch's
     float32 encoder the outputs differ by at most 2% of their largest value (bfloat16 keeps 8

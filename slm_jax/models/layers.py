@@ -31,6 +31,20 @@ def operand_dot(dtype: Dtype | None) -> Callable | None:
     return dot
 
 
+def bfloat16_where_fast(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """"bfloat16" where the default jax backend multiplies bfloat16 operands natively (TPU, GPU,
+    or a CPU with AVX512-BF16 or AMX-BF16), else None: a `matmul_dtype` for configs. Other CPUs
+    widen bfloat16 operands back to float32 and only pay for the conversions."""
+    if jax.default_backend() != "cpu":
+        return "bfloat16"
+    try:
+        with open(cpuinfo) as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return "bfloat16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else None
+
+
 def dense(features: int, axes: Sequence[str | None], *, use_bias: bool = False,
           dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
           kernel_init: Callable = nn.initializers.lecun_normal(), name: str | None = None,
