@@ -381,7 +381,7 @@ class Demo:
         return [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
 
     def main_depth_evaluations(self) -> dict:
-        """The main depth's scores (each cached as results/<name>.json), and the untrained adapter's."""
+        """The main depth's scores (each cached as results/<name>.json)."""
         main = self.cfg.main_depth
         nolist, fsdd_tasks = self.register_nolist_tasks(), self.fsdd_tasks()
         zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
@@ -392,13 +392,14 @@ class Demo:
             if self.shared_windows():
                 alone = self.eval_slm(main, fsdd_tasks, "fsdd_alone", split="test", alone=True)
         return {"fsdd_alone": alone, "zero_shot": zero_shot,
-                "per_depth": {str(main): self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")},
-                "untrained": self.eval_slm(main, [self.task(f"asr_{lang}") for lang in LANGS], "untrained",
-                                           untrained=True)}
+                "per_depth": {str(main): self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")}}
 
     def baselines(self) -> dict:
-        """The speech foundation's own rows and the cascade, and the most-frequent-answer rates (cached)."""
-        return {"cascade": self.cached("cascade", self.cascade_scores),
+        """The main depth's adapter untrained, the speech foundation's own rows and the cascade,
+        and the most-frequent-answer rates (each cached)."""
+        return {"untrained": self.eval_slm(self.cfg.main_depth, [self.task(f"asr_{lang}") for lang in LANGS],
+                                           "untrained", untrained=True),
+                "cascade": self.cached("cascade", self.cascade_scores),
                 "majority": self.cached("majority", self.majority_scores)}
 
     def evaluations(self) -> dict:

@@ -44,7 +44,7 @@ class DecodeConfig:
 # XLA compiler options of the decoding loop's program, per backend. On CPU, XLA's YNNPACK
 # library fusions slow the loop's matmuls of a few rows per step, while the encoders (and the
 # train step) run faster with them, so only this program turns them off (timings:
-# benchmarks/README.md, "XLA options per program").
+# benchmarks/README.md, "Profile", its item "XLA options per program").
 DECODE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 

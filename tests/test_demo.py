@@ -43,15 +43,16 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
 
 def test_quick_demo_scores_in_two_lanes(quick_run):
     """After the feature cache, two processes run side by side (DemoConfig.parallel): lane 1
-    trains and scores depth 2, lane 2 depth 0 and then the baselines; the report holds both
+    trains and scores depth 2, lane 2 depth 0 and then the baselines (the untrained adapter among
+    them); the report holds both
     lanes' results, and each stage's lane."""
     run_dir, log = quick_run
     assert "(side by side)" in log
     rep = demo_checks.report(run_dir)
     assert sorted(rep["per_depth"]) == ["0", "2"]
     lanes = rep["stage_lanes"]
-    assert {lanes[k] for k in ("train_slm_depth2", "eval_depth2", "eval_zeroshot", "eval_untrained")} == {"1"}
-    assert {lanes[k] for k in ("train_slm_depth0", "eval_depth0", "cascade", "majority")} == {"2"}
+    assert {lanes[k] for k in ("train_slm_depth2", "eval_depth2", "eval_zeroshot")} == {"1"}
+    assert {lanes[k] for k in ("train_slm_depth0", "eval_depth0", "eval_untrained", "cascade", "majority")} == {"2"}
     assert not {"feature_cache", "llm_text_after"} & set(lanes)
     md = (run_dir / "report.md").read_text()
     assert "| cascade | 2 |" in md and "| feature_cache | all CPUs |" in md
