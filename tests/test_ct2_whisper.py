@@ -35,7 +35,12 @@ from slm_jax.whisper_asr import WhisperASR, padded_batch, silence_padded
 from slm_jax.whisper_tokenizer import WhisperTokenizer
 
 FSDD = Path(__file__).parents[2] / "shared" / "data" / "fsdd" / "recordings"
-ENCODER_TOL = 2e-4     # max abs diff of encoder states vs ctranslate2 (float32 compute; |states| ~ 10)
+# max abs diff of encoder states vs ctranslate2, as a fraction of the states' largest magnitude
+# (float32 compute, |states| up to ~20). Both sides sum in float32 in their own kernels' order,
+# which differs by CPU: within 2e-4 on an AMD EPYC host; on an Intel Xeon with AMX 2e-5 to 7e-5 for
+# most clips and 3.7e-4 (2.0e-5 of |states| 18.7) for one. bfloat16 operands move the states by
+# 0.84% in relative L2.
+ENCODER_RTOL = 5e-5
 TINY_TOL = 1e-4        # max abs diff of logits vs transformers on the tiny float32 model
 MAX_NEW = 20           # tokens decoded per utterance in the parity tests
 BEAM = 4
@@ -408,7 +413,7 @@ def test_encoder_matches_ctranslate2(base, speech):
         diff = np.abs(row[:ref.shape[1]] - ref[0]).max()
         print(f"Whisper base encoder vs ctranslate2 ({lang} {text!r}, {len(f)} frames): max abs diff {diff:.1e} "
               f"(|ref| max {np.abs(ref).max():.1f})")
-        assert diff <= ENCODER_TOL
+        assert diff <= ENCODER_RTOL * np.abs(ref).max()
 
 
 def _features(asr, speech):
