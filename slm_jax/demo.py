@@ -475,8 +475,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     cpu_lanes.run_side_by_side(lanes, LANES, parallel=side_by_side)
     train_results = {depth: d.train_slm(depth) for depth in cfg.depths}   # read back from results/
     log("stage 5/5 evaluation and report")
-    report = d.report({depth: train_results[depth] for depth in cfg.depths}, text_before, llm_sha_before,
-                      time.time() - t0)
+    report = d.report(train_results, text_before, llm_sha_before, time.time() - t0)
     log(f"done in {(time.time() - t0) / 60:.1f} min: {os.path.join(d.dir, 'report.md')}")
     return report
 
