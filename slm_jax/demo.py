@@ -63,6 +63,7 @@ ALONE = ("SpeechWindows.frames = 0",)   # each utterance alone in its encoder wi
 STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
 STAGE_LANES = "stage_lanes"   # results/stage_lanes.json: the lane each lane stage ran in (run_demo)
 LANES = ("1", "2")            # run_demo's lanes: the main depth; the other depths and the baselines
+WAIT_POLL = 1.0               # seconds between looks for a result another lane writes (Demo.wait_for)
 
 
 @gin.configurable
@@ -85,8 +86,10 @@ class DemoConfig:
       SLM gin file's RunConfig.train_steps, and a RunConfig.train_steps in slm_bindings applies
       to every depth. The report lists every depth's steps.
     parallel: once the feature cache is built, two lanes run side by side, each a process on
-      half the CPUs (slm_jax.cpu_lanes): the main depth trained and scored; the other depths
-      trained and scored, then the baselines. Off (or with one CPU) they run in turn here."""
+      half the CPUs (slm_jax.cpu_lanes): the main depth trained, then its zero-shot scores; the
+      other depths trained and scored, the baselines, then (once the main depth has trained) its
+      other scores and the LLM's text scores after SLM training. Off (or with one CPU) they run
+      in turn here."""
     run_dir: str = "runs/demo"
     world: str = "demo"
     speech_foundation: str = "whisper_base"
@@ -162,9 +165,19 @@ class Demo:
         with self.timed(name):
             out = fn()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        # written whole, then renamed: another lane (wait_for) or a resumed demo never reads half a file
+        with open(path + ".tmp", "w") as f:
             json.dump(out, f, indent=1)
+        os.replace(path + ".tmp", path)
         return out
+
+    def wait_for(self, name: str, what: str) -> None:
+        """Wait until result `name` (what: what it is, for the log) is on disk: another lane
+        writes it (run_demo's lanes stop each other when one fails)."""
+        if not os.path.exists(self.result_path(name)):
+            log(f"  waiting for {what}")
+            while not os.path.exists(self.result_path(name)):
+                time.sleep(WAIT_POLL)
 
     @contextlib.contextmanager
     def timed(self, name: str, replace: bool = True) -> Iterator[None]:
@@ -380,19 +393,29 @@ class Demo:
     def asr_ast_tasks(self) -> list[str]:
         return [self.task(f"asr_{lang}") for lang in LANGS] + [self.task(f"ast_{p}") for p in AST_PAIRS]
 
-    def main_depth_evaluations(self) -> dict:
-        """The main depth's scores (each cached as results/<name>.json)."""
-        main = self.cfg.main_depth
-        nolist, fsdd_tasks = self.register_nolist_tasks(), self.fsdd_tasks()
-        zero_shot = self.eval_slm(main, [self.task(n) for n in INSTRUCT]
-                                  + [self.task(f"biasing_{lang}") for lang in LANGS] + list(nolist), "zeroshot")
-        alone = {}
+    def zero_shot_scores(self) -> dict:
+        """The main depth on the instruction tasks and contextual biasing, with and without the
+        bias list (cached as results/eval_zeroshot.json)."""
+        tasks = ([self.task(n) for n in INSTRUCT] + [self.task(f"biasing_{lang}") for lang in LANGS]
+                 + self.register_nolist_tasks())
+        return self.eval_slm(self.cfg.main_depth, tasks, "zeroshot")
+
+    def main_depth_scores(self) -> dict:
+        """The main depth's other scores (each cached): FSDD (in shared windows, and each clip
+        alone when the SLM shares them) and ASR / AST."""
+        main, fsdd_tasks = self.cfg.main_depth, self.fsdd_tasks()
+        fsdd = alone = {}
         if fsdd_tasks:   # real speech: its only split is "test"
-            zero_shot = {**zero_shot, **self.eval_slm(main, fsdd_tasks, "fsdd", split="test")}
+            fsdd = self.eval_slm(main, fsdd_tasks, "fsdd", split="test")
             if self.shared_windows():
                 alone = self.eval_slm(main, fsdd_tasks, "fsdd_alone", split="test", alone=True)
-        return {"fsdd_alone": alone, "zero_shot": zero_shot,
-                "per_depth": {str(main): self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")}}
+        return {"fsdd": fsdd, "fsdd_alone": alone, "depth": self.eval_slm(main, self.asr_ast_tasks(), f"depth{main}")}
+
+    def main_depth_evaluations(self) -> dict:
+        """Every score of the main depth (each cached as results/<name>.json)."""
+        scores = self.main_depth_scores()
+        return {"fsdd_alone": scores["fsdd_alone"], "zero_shot": {**self.zero_shot_scores(), **scores["fsdd"]},
+                "per_depth": {str(self.cfg.main_depth): scores["depth"]}}
 
     def baselines(self) -> dict:
         """The main depth's adapter untrained, the speech foundation's own rows and the cascade,
@@ -407,8 +430,12 @@ class Demo:
         last, after every adapter has trained."""
         rep = {**self.main_depth_evaluations(), **self.baselines()}
         rep["per_depth"] = {str(d): self.eval_slm(d, self.asr_ast_tasks(), f"depth{d}") for d in self.cfg.depths}
-        rep["text_after"] = self.cached("llm_text_after", self.text_scores)
+        rep["text_after"] = self.text_after()
         return rep
+
+    def text_after(self) -> dict:
+        """The LLM's text scores once every adapter has trained (cached)."""
+        return self.cached("llm_text_after", self.text_scores)
 
     def other_depths(self) -> list[int]:
         return [depth for depth in self.cfg.depths if depth != self.cfg.main_depth]
@@ -467,11 +494,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     if any(not os.path.exists(d.result_path(f"train_slm_depth{depth}")) for depth in cfg.depths):
         d.feature_cache()
     # two lanes side by side (DemoConfig.parallel), each a process on half the CPUs: the main depth
-    # trained and scored; the other depths trained and scored, then the baselines
+    # trained and its zero-shot scores; the other depths trained and scored, the baselines, then
+    # the main depth's other scores and the LLM's text scores after
     side_by_side = cfg.parallel and cpu_lanes.share_cpus(len(LANES)) is not None
     lanes = [(main_depth_lane, (cfg, _T0, side_by_side)), (other_depths_lane, (cfg, _T0, side_by_side))]
-    log(f"  lane 1: adapter depth {cfg.main_depth}, then its evaluations; lane 2: adapter depths "
-        f"{d.other_depths()}, then the baselines" + (" (side by side)" if side_by_side else " (in turn)"))
+    log(f"  lane 1: adapter depth {cfg.main_depth}, then its zero-shot scores; lane 2: adapter depths "
+        f"{d.other_depths()}, the baselines, then depth {cfg.main_depth}'s other scores"
+        + (" (side by side)" if side_by_side else " (in turn)"))
     cpu_lanes.run_side_by_side(lanes, LANES, parallel=side_by_side)
     train_results = {depth: d.train_slm(depth) for depth in cfg.depths}   # read back from results/
     log("stage 5/5 evaluation and report")
@@ -494,21 +523,25 @@ def lane_demo(cfg: DemoConfig, start: float, lane: str | None) -> Demo:
 
 
 def main_depth_lane(cfg: DemoConfig, start: float, side_by_side: bool) -> None:
-    """Lane 1: the main depth trained, then its evaluations."""
+    """Lane 1: the main depth trained, then its zero-shot scores."""
     d = lane_demo(cfg, start, LANES[0] if side_by_side else None)
     log(f"  adapter depth {cfg.main_depth}")
     d.train_slm(cfg.main_depth)
-    d.main_depth_evaluations()
+    d.zero_shot_scores()
 
 
 def other_depths_lane(cfg: DemoConfig, start: float, side_by_side: bool) -> None:
-    """Lane 2: every other depth trained and scored, then the baselines."""
+    """Lane 2: every other depth trained and scored, the baselines, then (once lane 1 has
+    trained the main depth) the main depth's other scores and the LLM's text scores after."""
     d = lane_demo(cfg, start, LANES[1] if side_by_side else None)
     for depth in d.other_depths():
         log(f"  adapter depth {depth}")
         d.train_slm(depth)
         d.eval_slm(depth, d.asr_ast_tasks(), f"depth{depth}")
     d.baselines()
+    d.wait_for(f"train_slm_depth{cfg.main_depth}", f"adapter depth {cfg.main_depth} (lane 1)")
+    d.main_depth_scores()
+    d.text_after()
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -136,19 +136,29 @@ class EvalDataCache:
         yield from hit[1]
 
 
-def frozen_encoder(s: Setup, remember: int = 32) -> Callable[[dict], dict]:
+def frozen_encoder(s: Setup, remember: int = 32, length_multiple: int = 16) -> Callable[[dict], dict]:
     """batch -> the batch with the frozen speech encoder's outputs (`encoded_speech` /
     `encoded_mask`, what a feature cache stores) in place of `features` / `feature_mask`; an SLM
     predicts from either the same way (task_model.speech_inputs). With RunConfig.speech_windows
     on, the batch's utterances share encoder windows (slm_jax.speech_windows). A batch with the
     same features and mask as one of the last `remember` encoded (one split's utterances read by
-    several tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs."""
+    several tasks: ASR and AST of the same audio, an instruction changed) reuses its outputs.
+    The outputs are padded (mask False) to a multiple of `length_multiple` positions: decoding is
+    compiled for each length it sees, and batches packed in shared windows come back in every
+    length up to the longest utterance."""
+    if length_multiple < 1:
+        raise ValueError(f"frozen_encoder: length_multiple must be >= 1, got {length_multiple}")
     frozen = FrozenSpeech(s.model.config, s.frozen["speech_encoder"], s.run.speech_windows)
     memo: ArrayMemo[tuple[np.ndarray, ...]] = ArrayMemo(remember)
 
+    def encode(features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden, encoded_mask = frozen.batch(features, mask)
+        pad = -hidden.shape[1] % length_multiple
+        return (np.pad(hidden, ((0, 0), (0, pad), (0, 0))), np.pad(encoded_mask, ((0, 0), (0, pad))))
+
     def apply(batch: dict) -> dict:
         features, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"])
-        hidden, encoded_mask = memo((features, mask), lambda: frozen.batch(features, mask))
+        hidden, encoded_mask = memo((features, mask), lambda: encode(features, mask))
         rest = {k: v for k, v in batch.items() if k not in ("features", "feature_mask")}
         return {**rest, "encoded_speech": hidden, "encoded_mask": encoded_mask}
     return apply

@@ -43,23 +43,27 @@ def test_quick_demo_report_and_frozen_llm(quick_run):
 
 def test_quick_demo_scores_in_two_lanes(quick_run):
     """After the feature cache, two processes run side by side (DemoConfig.parallel): lane 1
-    trains and scores depth 2, lane 2 depth 0 and then the baselines (the untrained adapter among
-    them); the report holds both
-    lanes' results, and each stage's lane."""
+    trains depth 2 and scores it zero-shot; lane 2 trains and scores depth 0, runs the baselines
+    (the untrained adapter among them), waits for depth 2's training, then scores depth 2's ASR /
+    AST and the LLM's text after SLM training. The report holds both lanes' results, and each
+    stage's lane."""
     run_dir, log = quick_run
     assert "(side by side)" in log
     rep = demo_checks.report(run_dir)
     assert sorted(rep["per_depth"]) == ["0", "2"]
     lanes = rep["stage_lanes"]
-    assert {lanes[k] for k in ("train_slm_depth2", "eval_depth2", "eval_zeroshot")} == {"1"}
-    assert {lanes[k] for k in ("train_slm_depth0", "eval_depth0", "eval_untrained", "cascade", "majority")} == {"2"}
-    assert not {"feature_cache", "llm_text_after"} & set(lanes)
+    assert {lanes[k] for k in ("train_slm_depth2", "eval_zeroshot")} == {"1"}
+    assert {lanes[k] for k in ("train_slm_depth0", "eval_depth0", "eval_untrained", "cascade", "majority",
+                               "eval_depth2", "llm_text_after")} == {"2"}
+    assert "feature_cache" not in lanes
+    lines = log.splitlines()
+    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
+    # lane 2 scores depth 2 only once lane 1 has trained it
+    assert first("train_slm_depth2: done") < first("eval_depth2: done")
     md = (run_dir / "report.md").read_text()
     assert "| cascade | 2 |" in md and "| feature_cache | all CPUs |" in md
     # the Whisper baselines read Whisper as the SLM's frozen encoder does (gin/models/demo.gin)
     assert f"encoder matmul operands in {layers.bfloat16_where_fast() or 'float32'} (the SLM's)" in log
-    lines = log.splitlines()
-    first = lambda text: next(i for i, line in enumerate(lines) if text in line)  # noqa: E731
     assert first("feature_cache: done") < first("train_slm_depth0: done") < first("llm_text_after: done")
 
 

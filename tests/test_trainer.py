@@ -369,6 +369,31 @@ def test_array_memo_keys_on_contents_shape_and_dtype():
         ArrayMemo(0)
 
 
+def test_frozen_encoder_pads_outputs_to_a_length_multiple(tmp_path):
+    """The frozen encoder's outputs come back padded to a multiple of `length_multiple`
+    positions (zeros, mask False), the valid positions as unpadded, and the model predicts the
+    same tokens from either."""
+    task = register_fixed_task("test_fixed_asr_eval_padded")
+    tiny_run(tmp_path, "EvalConfig.max_examples=4", f"EvalConfig.eval_tasks=['{task}']")
+    s = train_lib.setup(train_lib.RunConfig())
+    s.checkpointer.close()
+    (batch,) = list(eval_lib.eval_batches(task, eval_lib.EvalConfig()))
+    exact = eval_lib.frozen_encoder(s, length_multiple=1)(batch)
+    n = exact["encoded_speech"].shape[1]
+    multiple = n + 5                                     # pads whatever the tiny encoder's length
+    padded = eval_lib.frozen_encoder(s, length_multiple=multiple)(batch)
+    assert padded["encoded_speech"].shape[1] == padded["encoded_mask"].shape[1] == multiple
+    np.testing.assert_array_equal(padded["encoded_speech"][:, :n], exact["encoded_speech"])
+    np.testing.assert_array_equal(padded["encoded_mask"][:, :n], exact["encoded_mask"])
+    assert not padded["encoded_speech"][:, n:].any() and not padded["encoded_mask"][:, n:].any()
+    assert eval_lib.frozen_encoder(s, length_multiple=n)(batch)["encoded_speech"].shape[1] == n
+    params = s.params(s.trainable)
+    tokens = lambda b: np.asarray(s.model.predict_batch(params, b)[0])  # noqa: E731
+    np.testing.assert_array_equal(tokens(padded), tokens(exact))
+    with pytest.raises(ValueError, match="length_multiple must be >= 1"):
+        eval_lib.frozen_encoder(s, length_multiple=0)
+
+
 def test_frozen_encoder_runs_once_per_audio_batch(tmp_path, monkeypatch):
     """A batch whose features and mask were encoded before (the same utterances read by another
     task, with another instruction) reuses those outputs; changed audio is encoded again, and
