@@ -62,7 +62,7 @@ SLM_GINS = {"whisper_base": "gin/runs/demo_slm.gin", "ctc_conformer": "gin/runs/
 ALONE = ("SpeechWindows.frames = 0",)   # each utterance alone in its encoder window
 STAGE_TIMES = "stage_times"   # results/stage_times.json: wall seconds of each stage run
 STAGE_LANES = "stage_lanes"   # results/stage_lanes.json: the lane each lane stage ran in (run_demo)
-LANES = ("1", "2")            # run_demo's lanes: the main depth; the other depths and the baselines
+LANES = ("1", "2")            # run_demo's lanes: main_depth_lane, other_depths_lane
 WAIT_POLL = 1.0               # seconds between looks for a result another lane writes (Demo.wait_for)
 
 
