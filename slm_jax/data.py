@@ -136,6 +136,13 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
             for k, v in batch.items()}
 
 
+def pad_frames(values: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, T, ...] values and their [B, T] mask zero-padded along T to `frames` (mask 0 there),
+    so batches of several lengths share one compiled program."""
+    pad = frames - values.shape[1]
+    return (np.pad(values, [(0, 0), (0, pad)] + [(0, 0)] * (values.ndim - 2)), np.pad(mask, ((0, 0), (0, pad))))
+
+
 @gin.configurable
 def get_batches(mixture_or_task_name: str = gin.REQUIRED, split: str = "train", *,
                 feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,

@@ -14,7 +14,7 @@ import seqio
 
 from slm_jax import metrics
 from slm_jax.array_memo import array_key
-from slm_jax.data import pad_rows
+from slm_jax.data import pad_frames, pad_rows
 from slm_jax.eval_lib import EvalConfig, EvalDataCache, score, tokens_to_text
 from slm_jax.task_model import CTCTaskModel, EncDecTaskModel
 from slm_jax.whisper_asr import WhisperASR
@@ -83,9 +83,8 @@ def full_width(batch: dict, rows: int, frames: int) -> dict:
     """A batch padded to `rows` rows and `frames` speech frames (zeros, mask 0): one compiled
     CTC program for every length bucket."""
     batch = pad_rows(batch, rows)
-    pad = frames - batch["features"].shape[1]
-    return {**batch, "features": np.pad(batch["features"], ((0, 0), (0, pad), (0, 0))),
-            "feature_mask": np.pad(batch["feature_mask"], ((0, 0), (0, pad)))}
+    features, mask = pad_frames(batch["features"], batch["feature_mask"], frames)
+    return {**batch, "features": features, "feature_mask": mask}
 
 
 def cascade_scores(ctc: CTCTaskModel, ctc_params: Any, ctc_vocab: seqio.Vocabulary, llm: EncDecTaskModel,

@@ -19,7 +19,7 @@ import seqio
 from slm_jax import gin_utils, run_inputs
 from slm_jax.array_memo import ArrayMemo
 from slm_jax.speech_windows import FrozenSpeech
-from slm_jax.data import get_batches, pad_rows
+from slm_jax.data import get_batches, pad_frames, pad_rows
 from slm_jax.features import FeatureConfig, compute_features, load_audio
 from slm_jax.progress import MetricsWriter
 from slm_jax.task_model import DecodeConfig
@@ -153,8 +153,7 @@ def frozen_encoder(s: Setup, remember: int = 32, length_multiple: int = 16) -> C
 
     def encode(features: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hidden, encoded_mask = frozen.batch(features, mask)
-        pad = -hidden.shape[1] % length_multiple
-        return (np.pad(hidden, ((0, 0), (0, pad), (0, 0))), np.pad(encoded_mask, ((0, 0), (0, pad))))
+        return pad_frames(hidden, encoded_mask, -(-hidden.shape[1] // length_multiple) * length_multiple)
 
     def apply(batch: dict) -> dict:
         features, mask = np.asarray(batch["features"]), np.asarray(batch["feature_mask"])
