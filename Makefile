@@ -21,9 +21,10 @@ $(VENV)/.installed: setup.py
 setup: apt $(VENV)/.installed
 
 # Test files run in parallel on every core (pytest-xdist); one file's tests stay together so
-# their module fixtures are built once.
+# their module fixtures are built once, and files are handed out in the order tests/conftest.py
+# sets (the longest first).
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 demo: setup
 	$(PY) -m slm_jax.demo --gin_file=$(GIN) $(ARGS)

@@ -36,6 +36,18 @@ def make_batch(frames: int, seed: int) -> dict[str, np.ndarray]:
                 decoder_input_tokens=dec_in, decoder_target_tokens=tgt)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_disk_cache():
+    """A program loaded from the on-disk cache (tests/conftest.py) is not compiled, and these
+    tests count compilations: the cache is off while they run."""
+    from jax.experimental.compilation_cache import compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()      # JAX decides once whether the cache is used; decide again
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = SLMTaskModel(configs.tiny_slm(adapter_layers=1))

@@ -174,11 +174,10 @@ def _losses(run_dir):
         return [r["loss"] for r in map(json.loads, f)]
 
 
-def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path, monkeypatch):
+def test_train_run_from_cache_has_the_raw_loss_curve(tmp_path):
     """Built by the entry point (slm_jax.feature_cache) from the run's own gin config (random-init
     encoder, RunConfig.seed), then trained with TrainConfig.feature_cache_dir set; unshuffled, the
     batches are get_batches'."""
-    monkeypatch.setenv("SLM_JAX_COMPILATION_CACHE", "off")   # the entry point's default: ~/.cache
     use_cache = f"TrainConfig.feature_cache_dir='{tmp_path / 'cache'}'"
     task = register_fixed_task()
     manifest = feature_cache.main([f"--gin_file={TINY_GIN}", f"--gin.RunConfig.run_dir='{tmp_path / 'cached'}'",

@@ -73,7 +73,7 @@ def test_cli_refuses_an_old_binding_before_running(tmp_path):
     out = subprocess.run([sys.executable, "-m", "slm_jax.main", f"--gin_file={TINY_GIN}",
                           f"--gin.RunConfig.run_dir='{tmp_path / 'run'}'", "--gin.setup.seed=3"],
                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu", SLM_JAX_COMPILATION_CACHE="off"))
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode != 0
     assert "No configurable matching 'setup'" in out.stderr and "setup.seed=3" in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "run").exists()

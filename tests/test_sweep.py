@@ -159,7 +159,6 @@ def test_sweep_on_tiny_model_resumes_and_tabulates(tmp_path, monkeypatch):
     argv = [f"--gin_file={TINY_GIN}", *(f"--gin.{b}" for b in common), f"--gin.sweep.run_dir='{run_dir}'",
             f"--gin.sweep.grid={grid!r}"]
     state = os.path.join(run_dir, "sweep")
-    monkeypatch.setenv("SLM_JAX_COMPILATION_CACHE", "off")   # sweep.main's start: no on-disk cache from a test
 
     calls = []
     real_evaluate = eval_lib.evaluate
