@@ -17,7 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # compiled is loaded by the next instead of compiled again. Nothing outside the run is read or
 # written. test_compilation.py, which counts compilations, turns it off.
 XLA_CACHE = tempfile.mkdtemp(prefix="slm_jax_test_xla_")
-atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
+# removed at exit by this process only (not by a forked child that exits through atexit)
+atexit.register(lambda pid=os.getpid(): os.getpid() == pid and shutil.rmtree(XLA_CACHE, ignore_errors=True))
 os.environ["SLM_JAX_COMPILATION_CACHE"] = XLA_CACHE
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
