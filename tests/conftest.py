@@ -26,8 +26,10 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from slm_jax.gin_utils import enable_compilation_cache  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
-jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+enable_compilation_cache()    # the runs' own switch, reading SLM_JAX_COMPILATION_CACHE set above
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 # The test files that take longest, in that order, run before the rest (which keep their
