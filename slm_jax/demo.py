@@ -53,6 +53,7 @@ from slm_jax.fingerprint import hash_path
 from slm_jax.models.slm import param_counts
 from slm_jax.progress import Progress
 from slm_jax.speech_windows import SpeechWindows
+from slm_jax.task_model import DecodeConfig
 from slm_jax.whisper_asr import WhisperASR
 from slm_jax.demo_report import AST_PAIRS, INSTRUCT, LANGS
 
@@ -342,7 +343,8 @@ class Demo:
             matmul_dtype = train_lib.RunConfig().model.config.speech_encoder.matmul_dtype
         log(f"Whisper baselines: encoder matmul operands in {matmul_dtype or 'float32'} (the SLM's)")
         # built outside the stage's gin scope: the SLM's encoder bindings (silence_frames) are not Whisper's own
-        whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path, encoder_matmul_dtype=matmul_dtype))
+        whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path, encoder_matmul_dtype=matmul_dtype),
+                                              beam_size=self.beams())
         with self.slm_stage(self.cfg.main_depth):
             names = self.eval_task_names() + self.fsdd_tasks()
             out, progress = {}, Progress(len(names), desc="cascade", unit="task")
@@ -367,6 +369,24 @@ class Demo:
             names = self.eval_task_names()
             return demo_baselines.cascade_scores(s.model, ctc_params, ctc_vocab, llm, llm_params, names,
                                                  self.eval_config(names), self.eval_data)
+
+    def decode_config(self) -> DecodeConfig:
+        """How the SLM stage decodes: the SLM, the text LLM and the cascade's LLM alike."""
+        with self.slm_stage(self.cfg.main_depth):
+            return self.eval_config([]).decode
+
+    def beams(self) -> int:
+        """Whisper's own decoding follows the SLM stage's: its beam size, or 1 (greedy)."""
+        decode = self.decode_config()
+        return decode.beam_size if decode.method == "beam" else 1
+
+    def decoding(self) -> str:
+        """The report's line on decoding."""
+        d = self.decode_config()
+        how = (f"beam search, {d.beam_size} beams, length penalty alpha {d.alpha:g}" if d.method == "beam"
+               else d.method)
+        return how + (f"; Whisper's own ASR and translation: {self.beams()} beams, no length penalty"
+                      if self.whisper and d.method == "beam" else "")
 
     def param_counts(self) -> dict:
         with self.slm_stage(self.cfg.main_depth):
@@ -454,7 +474,7 @@ class Demo:
                    stage_times=self.stage_times(), stage_lanes=self.stage_lanes(), wall_seconds=wall_seconds)
         rep["meta"] = {"run_dir": self.dir, "world": self.cfg.world, "eval_split": self.cfg.eval_split,
                        "speech_foundation": self.cfg.speech_foundation, "slm_mixture": self.task(self.cfg.slm_mixture),
-                       "fsdd_examples": self.cfg.fsdd_examples,
+                       "fsdd_examples": self.cfg.fsdd_examples, "decoding": self.decoding(),
                        "depths": list(self.cfg.depths), "main_depth": self.cfg.main_depth, "nolist_tasks": nolist,
                        "fsdd_tasks": fsdd_tasks, "fsdd_note": "DemoConfig.fsdd = False." if not self.cfg.fsdd
                        else "FSDD not found (../shared/data/fsdd)."}

@@ -143,15 +143,16 @@ def compression_ratio(text: str) -> float:
 
 
 def whisper_texts(whisper: WhisperASR, features: np.ndarray, mask: np.ndarray, language: str | None,
-                  task: str = "transcribe") -> list[str]:
-    """Whisper's text for a batch of log-mel: decoded with the audio padded to WhisperASR's
-    default window (10 s of silence), and again in Whisper's training condition (30 s) where
-    that output loops (compression ratio over 2.4, faster-whisper's fallback test)."""
-    texts = whisper.transcribe_features(features, mask, language=language, task=task)
+                  task: str = "transcribe", beam_size: int = 1) -> list[str]:
+    """Whisper's text for a batch of log-mel: decoded (greedy, or beam search of `beam_size`)
+    with the audio padded to WhisperASR's default window (10 s of silence), and again in
+    Whisper's training condition (30 s) where that output loops (compression ratio over 2.4,
+    faster-whisper's fallback test)."""
+    texts = whisper.transcribe_features(features, mask, language=language, task=task, beam_size=beam_size)
     redo = [i for i, t in enumerate(texts) if compression_ratio(t) > COMPRESSION_RATIO_LIMIT]
     if redo:
         again = whisper.transcribe_features(np.asarray(features)[redo], np.asarray(mask)[redo], language=language,
-                                            task=task, pad_to_30s=True)
+                                            task=task, pad_to_30s=True, beam_size=beam_size)
         for i, t in zip(redo, again):
             texts[i] = t
     return texts
@@ -162,8 +163,8 @@ class WhisperTexts:
     the same test utterances (asr_fr and ast_fr_en, the biasing tasks), so their cascade and
     Whisper rows share one decoding."""
 
-    def __init__(self, whisper: WhisperASR):
-        self.whisper, self.done = whisper, {}
+    def __init__(self, whisper: WhisperASR, beam_size: int = 1):
+        self.whisper, self.beam_size, self.done = whisper, beam_size, {}
 
     def __call__(self, features: np.ndarray, mask: np.ndarray, language: str | None,
                  task: str = "transcribe") -> list[str]:
@@ -172,7 +173,8 @@ class WhisperTexts:
                 for f, n in zip(features, mask.sum(1))]
         todo = [i for i, k in enumerate(keys) if self.known(k) is None]
         if todo:
-            for i, text in zip(todo, whisper_texts(self.whisper, features[todo], mask[todo], language, task)):
+            for i, text in zip(todo, whisper_texts(self.whisper, features[todo], mask[todo], language, task,
+                                                        self.beam_size)):
                 self.done[keys[i]] = text
         return [self.known(k) for k in keys]
 

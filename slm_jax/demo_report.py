@@ -181,6 +181,8 @@ def markdown(rep: Mapping[str, Any]) -> str:
     lines = [f"# SLM in miniature: report ({meta['run_dir']})\n",
              f"Trainable (adapter, depth {meta['main_depth']}): {c['trainable']:,} of {c['total']:,} parameters "
              f"= **{100 * c['trainable_fraction']:.2f}%** (speech encoder {c['speech_encoder']:,}, LLM {c['llm']:,}).\n"]
+    if meta.get("decoding"):
+        lines.append(f"Decoding (every system's text, baselines included): {meta['decoding']}.\n")
     lines += targets_table(rep) + asr_ast_table(rep) + zero_shot_tables(rep) + frozen_llm_table(rep)
     lines += fsdd_table(rep)
     lines += ["", "## Adapter training\n"]

@@ -62,6 +62,9 @@ def test_quick_demo_scores_in_two_lanes(quick_run):
     assert first("train_slm_depth2: done") < first("eval_depth2: done")
     md = (run_dir / "report.md").read_text()
     assert "| cascade | 2 |" in md and "| feature_cache | all CPUs |" in md
+    # every system decodes as gin/runs/demo_slm.gin says, Whisper's own rows with its beam size
+    assert ("Decoding (every system's text, baselines included): beam search, 4 beams, length penalty alpha 0; "
+            "Whisper's own ASR and translation: 4 beams, no length penalty.") in md
     # the Whisper baselines read Whisper as the SLM's frozen encoder does (gin/models/demo.gin)
     assert f"encoder matmul operands in {layers.bfloat16_where_fast() or 'float32'} (the SLM's)" in log
     assert first("feature_cache: done") < first("train_slm_depth0: done") < first("llm_text_after: done")

@@ -36,10 +36,11 @@ class FakeASR:
     (a repeated token) at the default window for utterances whose first value is negative."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.beams = [], []
 
-    def transcribe_features(self, features, mask, language=None, task="transcribe", pad_to_30s=False):
+    def transcribe_features(self, features, mask, language=None, task="transcribe", pad_to_30s=False, beam_size=1):
         self.calls.append((len(features), pad_to_30s))
+        self.beams.append(beam_size)
         return [(f"{language}-{task}-{f[0, 0]:g}" if f[0, 0] >= 0 or pad_to_30s else "7 " * 50) for f in features]
 
 
@@ -60,3 +61,12 @@ def test_whisper_texts_decode_each_utterance_once_and_redo_loops_at_30s():
     assert len(asr.calls) == 3
     # a task whose speech language is not known (None) reuses the utterance's transcript
     assert texts(feats, mask, None) == first and len(asr.calls) == 3
+    assert asr.beams == [1, 1, 1]   # greedy unless told
+
+
+def test_whisper_texts_beam_size_reaches_both_decodings():
+    asr = FakeASR()
+    feats = np.zeros((2, 5, 2), np.float32)
+    feats[:, 0, 0] = [1, -2]
+    demo_baselines.WhisperTexts(asr, beam_size=4)(feats, np.ones((2, 5), bool), "en")
+    assert asr.calls == [(2, False), (1, True)] and asr.beams == [4, 4]
