@@ -341,10 +341,11 @@ class Demo:
         llm, llm_params = self.llm_model(), load_params(self.llm_path)
         with self.slm_stage(self.cfg.main_depth):
             matmul_dtype = train_lib.RunConfig().model.config.speech_encoder.matmul_dtype
+            beams = whisper_beams(self.eval_config([]).decode)
         log(f"Whisper baselines: encoder matmul operands in {matmul_dtype or 'float32'} (the SLM's)")
         # built outside the stage's gin scope: the SLM's encoder bindings (silence_frames) are not Whisper's own
         whisper = demo_baselines.WhisperTexts(WhisperASR(self.encoder_path, encoder_matmul_dtype=matmul_dtype),
-                                              beam_size=self.beams())
+                                              beam_size=beams)
         with self.slm_stage(self.cfg.main_depth):
             names = self.eval_task_names() + self.fsdd_tasks()
             out, progress = {}, Progress(len(names), desc="cascade", unit="task")
@@ -370,23 +371,16 @@ class Demo:
             return demo_baselines.cascade_scores(s.model, ctc_params, ctc_vocab, llm, llm_params, names,
                                                  self.eval_config(names), self.eval_data)
 
-    def decode_config(self) -> DecodeConfig:
-        """How the SLM stage decodes: the SLM, the text LLM and the cascade's LLM alike."""
-        with self.slm_stage(self.cfg.main_depth):
-            return self.eval_config([]).decode
-
-    def beams(self) -> int:
-        """Whisper's own decoding follows the SLM stage's: its beam size, or 1 (greedy)."""
-        decode = self.decode_config()
-        return decode.beam_size if decode.method == "beam" else 1
-
     def decoding(self) -> str:
-        """The report's line on decoding."""
-        d = self.decode_config()
-        how = (f"beam search, {d.beam_size} beams, length penalty alpha {d.alpha:g}" if d.method == "beam"
-               else d.method)
-        return how + (f"; Whisper's own ASR and translation: {self.beams()} beams, no length penalty"
-                      if self.whisper and d.method == "beam" else "")
+        """The report's line on decoding: the SLM stage's, which the SLM, the text LLM and the
+        cascade's LLM use alike, and Whisper's own beams."""
+        with self.slm_stage(self.cfg.main_depth):
+            d = self.eval_config([]).decode
+        if d.method != "beam":
+            return d.method
+        return (f"beam search, {d.beam_size} beams, length penalty alpha {d.alpha:g}"
+                + (f"; Whisper's own ASR and translation: {whisper_beams(d)} beams, no length penalty"
+                   if self.whisper else ""))
 
     def param_counts(self) -> dict:
         with self.slm_stage(self.cfg.main_depth):
@@ -496,6 +490,11 @@ class Demo:
                 with open(path) as f:
                     out[str(depth)] = [[r["step"], r["loss"]] for r in map(json.loads, f)]
         return out
+
+
+def whisper_beams(decode: DecodeConfig) -> int:
+    """Whisper's own decoding follows the SLM stage's: its beam size, or 1 (greedy)."""
+    return decode.beam_size if decode.method == "beam" else 1
 
 
 def run_demo(cfg: DemoConfig) -> dict:
